@@ -1,0 +1,1 @@
+"""Perception: frozen visual (GeoCLIP) and audio (CLAP) encoders, the IC-SAE and MART."""

@@ -1,0 +1,1 @@
+"""Prediction: Riemannian flow matching on S² and the baseline heads."""
