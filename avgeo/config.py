@@ -42,13 +42,20 @@ def load_config(cls: type[T], source: str | Path | dict[str, Any] | None = None,
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """The config as plain Python types (what `load_config` takes back)."""
-    return dataclasses.asdict(config)
+    """The config as plain Python types (what `load_config` takes back); paths become strings."""
+    return dataclasses.asdict(config, dict_factory=_plain_dict)
 
 
 def save_config(config: Any, path: str | Path) -> None:
     """Write the config as YAML that `load_config` reads back to an equal object."""
     Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def _plain_dict(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {
+        key: str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+        for key, value in items
+    }
 
 
 def _set_dotted(raw: dict[str, Any], keys: list[str], value: Any) -> None:
