@@ -33,6 +33,8 @@ def xyz_to_latlon(xyz: torch.Tensor) -> torch.Tensor:
     x, y, z = xyz.unbind(-1)
     lat = torch.atan2(z, torch.hypot(x, y))
     lon = torch.atan2(y, x)
+    # atan2 gives -pi for y = -0.0 (as lon -180° produces); fold it onto +180° to keep the range half-open.
+    lon = torch.where(lon == -math.pi, math.pi, lon)
     return torch.rad2deg(torch.stack((lat, lon), dim=-1))
 
 
@@ -66,10 +68,13 @@ def log_map(point: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Its norm is the geodesic angle (radians). At the antipode the direction is undefined and the
     result degrades towards a zero vector; callers drawing random pairs meet this with probability 0.
     """
-    radial = project_to_tangent(point, target)
+    # Projecting twice clears the rounding left along `point`, which angle / sin(angle) would blow up
+    # near the antipode.
+    radial = project_to_tangent(point, project_to_tangent(point, target))
     sin_angle = radial.norm(dim=-1, keepdim=True)
     angle = torch.atan2(sin_angle, (point * target).sum(-1, keepdim=True))
-    scale = torch.where(sin_angle > 1e-8, angle / sin_angle.clamp_min(_EPS), 1.0 + angle**2 / 6.0)
+    # Branch on the angle, not on its sine: near the antipode the sine is tiny too, but the series is wrong.
+    scale = torch.where(angle > 1e-8, angle / sin_angle.clamp_min(_EPS), 1.0 + angle**2 / 6.0)
     return scale * radial
 
 
