@@ -222,6 +222,8 @@ def test_great_circle_km_broadcasts_to_a_distance_matrix(generator):
     matrix_km = sphere.great_circle_km(a_deg[:, None, :], b_deg[None, :, :])
     assert matrix_km.shape == (a_deg.shape[0], b_deg.shape[0])
     torch.testing.assert_close(matrix_km[3, 2], sphere.great_circle_km(a_deg[3], b_deg[2]))
+    # One point against many, ranks differing.
+    torch.testing.assert_close(sphere.great_circle_km(a_deg[3], b_deg), matrix_km[3])
 
 
 def test_batched_leading_dimensions_match_flat_calls(generator):

@@ -50,6 +50,7 @@ def project_to_tangent(point: torch.Tensor, vector: torch.Tensor) -> torch.Tenso
 
 def angle_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Geodesic angle in radians, (..., 3) x (..., 3) unit vectors -> (...), in [0, pi]."""
+    a, b = torch.broadcast_tensors(a, b)  # linalg.cross broadcasts only between equal ranks
     cross = torch.linalg.cross(a, b, dim=-1).norm(dim=-1)
     return torch.atan2(cross, (a * b).sum(-1))
 
