@@ -20,12 +20,12 @@ from avgeo.data.errors import DecodeError
 from avgeo.data.manifest import read_manifest
 
 
-def clip_paths(manifest: Path | None, folder: Path | None, limit: int) -> list[str]:
-    """The first `limit` clip paths of the manifest (its row order) or of the folder's *.mp4 (sorted)."""
+def clip_paths(manifest: Path | None, folder: Path | None, pattern: str, limit: int) -> list[str]:
+    """The first `limit` clip paths of the manifest (its row order) or of the folder's matches (sorted)."""
     if manifest is not None:
         paths = read_manifest(manifest)["video_path"].to_pylist()
     else:
-        paths = sorted(str(path) for path in folder.glob("*.mp4"))
+        paths = sorted(str(path) for path in folder.glob(pattern))
     return paths[:limit]
 
 
@@ -35,7 +35,8 @@ def main() -> None:
     source.add_argument(
         "--manifest", type=Path, help="AVG manifest (Parquet) whose video_path rows to decode"
     )
-    source.add_argument("--dir", type=Path, help="folder of .mp4 clips to decode")
+    source.add_argument("--dir", type=Path, help="folder of clips to decode")
+    parser.add_argument("--pattern", default="*.mp4", help="which files of --dir to decode (glob)")
     parser.add_argument("--limit", type=int, default=100, help="decode at most this many clips")
     parser.add_argument("--num-frames", type=int, default=DecodeConfig.num_frames)
     parser.add_argument("--fps", type=float, default=None, help="sample at this rate instead of --num-frames")
@@ -45,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = DecodeConfig(num_frames=args.num_frames, fps=args.fps, frame_size=tuple(args.frame_size))
-    paths = clip_paths(args.manifest, args.dir, args.limit)
+    paths = clip_paths(args.manifest, args.dir, args.pattern, args.limit)
     if not paths:
         parser.error(f"no clips found in {args.manifest or args.dir}")
 
