@@ -213,7 +213,8 @@ class AudioEncoder(nn.Module):
             )
         if not torch.isfinite(audio).all():
             raise ValueError("audio contains NaN or infinite samples; decode or resample it again")
-        return audio.to(device=self.audio_projection[0].weight.device, dtype=torch.float32)
+        weight = self.audio_projection[0].weight
+        return audio.to(device=weight.device, dtype=weight.dtype)
 
 
 def _laion_audio_cfg(laion_model: str) -> CLAPAudioCfp:

@@ -118,7 +118,7 @@ class VisualEncoder(nn.Module):
 
     def _encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> (N, 512) h_t."""
-        image_embeds = self.clip(pixel_values=self.preprocess(images)).image_embeds
+        image_embeds = self.clip(pixel_values=self.preprocess(images).to(self.clip.dtype)).image_embeds
         return self.geoclip_mlp(image_embeds)
 
 
