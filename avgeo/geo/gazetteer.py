@@ -236,7 +236,8 @@ class Gazetteer:
     @staticmethod
     def load(min_city_population: int = 15000) -> Gazetteer:
         """The gazetteer with cities of at least `min_city_population` inhabitants (and every national
-        capital, as GeoNames keeps them); built once per process and value."""
+        capital, as GeoNames keeps them; GeoNames lists no city under 500); built once per process and
+        value."""
         if isinstance(min_city_population, bool) or not isinstance(min_city_population, int):
             raise GeoInputError(f"min_city_population={min_city_population!r}: expected an int >= 0")
         if min_city_population < 0:
