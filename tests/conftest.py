@@ -13,5 +13,6 @@ for _key, _value in {
     "NUMBA_CACHE_DIR": str(_CACHE / "numba"),
     "WANDB_MODE": "disabled",
     "RAY_AUTH_MODE": "disabled",
+    "GEOMSTATS_BACKEND": "pytorch",
 }.items():
     os.environ.setdefault(_key, _value)
