@@ -14,8 +14,9 @@ class VisualKnobs:
 
     landscape_noise: float = 0.1
     """Chance that a location's landscape is drawn from the global prior instead of its geography."""
-    region_cue: float = 0.15
-    """Weight in [0, 1] of the region's building colour over the generic palette (0: pure aliasing)."""
+    facade_share: float = 0.7
+    """Share of a location's buildings in its facade style, the rest in random styles (0: facades say
+    nothing about the region)."""
     pixel_noise: float = 0.02
     """Standard deviation of per-frame sensor noise, in [0, 1] intensity units."""
 
@@ -24,9 +25,9 @@ class VisualKnobs:
 class AudioKnobs:
     """How much the soundtrack says about the place (docs/avg-synth.md, "What each modality can tell")."""
 
-    regional_presence: float = 1.0
+    regional_presence: float = 0.8
     """Multiplier on every regional source's per-clip probability (0: audio carries no regional cue)."""
-    regional_gain_db: tuple[float, float] = (-20.0, -4.0)
+    regional_gain_db: tuple[float, float] = (-18.0, -2.0)
     """Range of regional (informative) source levels, dB relative to the reference level."""
     landscape_gain_db: tuple[float, float] = (-16.0, -4.0)
     """Range of landscape and weather source levels (surf, insects, traffic, rain), dB."""

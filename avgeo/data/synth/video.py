@@ -4,7 +4,7 @@ The panorama (height S, width 3S for S-pixel frames) is drawn from the location'
 layout seed only: sky, optional mountains, optional sea, ground, buildings by urbanity, trees by
 climate. Time of day and weather light and veil it; the camera pans and zooms across it; each frame
 adds moving water, rain or snow, and sensor noise. Nothing in the drawing depends on where the place
-is, except the facade colour's `region_cue` blend.
+is: only on its look (`Landscape`), which places far apart share.
 """
 
 from __future__ import annotations
@@ -35,9 +35,16 @@ _TREE_RGB = {
 _TRUNK_RGB = np.array((0.3, 0.22, 0.14), np.float32)
 _TREES_PER_PANORAMA = {"urban": 8, "suburban": 24, "rural": 45}
 _TREE_DENSITY = {"tropical": 1.3, "temperate": 1.0, "arid": 0.4, "cold": 0.8}
-_FACADE_RGB = np.array(
-    [(0.7, 0.7, 0.7), (0.8, 0.77, 0.7), (0.55, 0.55, 0.58), (0.86, 0.86, 0.86), (0.6, 0.45, 0.38)], np.float32
-)
+_FACADE_RGB = {
+    "brick": (0.58, 0.3, 0.24),
+    "stucco": (0.9, 0.88, 0.8),
+    "ochre": (0.86, 0.62, 0.4),
+    "concrete": (0.62, 0.62, 0.6),
+    "pastel": (0.56, 0.8, 0.76),
+    "adobe": (0.76, 0.6, 0.44),
+    "timber": (0.44, 0.32, 0.22),
+    "tile": (0.84, 0.86, 0.88),
+}
 # (count range, height range as a fraction of S, width range as a fraction of S) per urbanity.
 _BUILDINGS = {
     "urban": ((10, 17), (0.15, 0.45), (0.12, 0.3)),
@@ -63,7 +70,7 @@ def render_frames(
     """(T, S, S, 3) uint8 RGB frames of `scene`, T = round(duration_s * fps), S = `size_px`."""
     rng = np.random.default_rng([scene.render_seed, 0])
     horizon, ground_top = _horizon_rows(scene.location, size_px)
-    panorama = _panorama(scene, size_px, horizon, ground_top, knobs.region_cue, rng)
+    panorama = _panorama(scene, size_px, horizon, ground_top, knobs.facade_share, rng)
     n_frames = max(1, round(duration_s * fps))
     rows, cols = _camera_rows_cols(scene, size_px, panorama.shape[1], n_frames, rng)
     # Nearest-neighbour sampling: a quarter of bilinear's cost, and the zoom never exceeds MAX_ZOOM.
@@ -84,7 +91,12 @@ def _horizon_rows(location: SynthLocation, size_px: int) -> tuple[int, int]:
 
 
 def _panorama(
-    scene: ClipScene, size_px: int, horizon: int, ground_top: int, region_cue: float, rng: np.random.Generator
+    scene: ClipScene,
+    size_px: int,
+    horizon: int,
+    ground_top: int,
+    facade_share: float,
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """(S, 3S, 3) float32 RGB in [0, 1]: the location's layout, lit for the scene's time and weather."""
     landscape = scene.location.landscape
@@ -112,7 +124,7 @@ def _panorama(
     sunlit = np.broadcast_to(sunlit, (height, width)).copy()
     if landscape.mountains:
         _draw_mountains(image, sunlit, horizon, landscape, layout_rng)
-    lit_windows = _draw_buildings(image, sunlit, ground_top, landscape, region_cue, scene, layout_rng, rng)
+    lit_windows = _draw_buildings(image, sunlit, ground_top, landscape, facade_share, scene, layout_rng, rng)
     _draw_trees(image, sunlit, ground_top, landscape, layout_rng)
 
     light = 0.15 + 0.85 * w_day + 0.45 * w_twilight
@@ -148,7 +160,7 @@ def _draw_mountains(
     profile = np.full(width, layout_rng.uniform(0.1, 0.16), np.float32)
     for cycles in (1, 2, 5, 11):
         profile += (
-            layout_rng.uniform(0.01, 0.06)
+            layout_rng.uniform(0.02, 0.08)
             / math.sqrt(cycles)
             * np.sin(2 * math.pi * cycles * columns / width + layout_rng.uniform(0, 2 * math.pi))
         )
@@ -169,15 +181,16 @@ def _draw_buildings(
     sunlit: np.ndarray,
     ground_top: int,
     landscape: Landscape,
-    region_cue: float,
+    facade_share: float,
     scene: ClipScene,
     layout_rng: np.random.Generator,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Draw facades standing on `ground_top`; returns the (H, W) mask of windows lit in this clip."""
+    """Draw facades standing on `ground_top`, a share `facade_share` in the location's style and the rest
+    in random ones; returns the (H, W) mask of windows lit in this clip."""
     height, width = image.shape[:2]
     (count_low, count_high), height_range, width_range = _BUILDINGS[landscape.urbanity]
-    region_rgb = np.array(scene.location.region.building_rgb, np.float32)
+    styles = list(_FACADE_RGB)
     lit = np.zeros((height, width), bool)
     # Lights come on with dusk; which windows are lit changes from clip to clip.
     _, w_twilight, w_night = _daylight_weights(scene.time_of_day_h)
@@ -187,9 +200,10 @@ def _draw_buildings(
         facade_w = max(3, int(height * layout_rng.uniform(*width_range)))
         left = int(layout_rng.integers(0, width - facade_w))
         top = max(0, ground_top - facade_h)
-        generic = _FACADE_RGB[layout_rng.integers(len(_FACADE_RGB))]
+        own_style = layout_rng.random() < facade_share
+        style = landscape.facade if own_style else styles[layout_rng.integers(len(styles))]
         facade = image[top:ground_top, left : left + facade_w]
-        facade[:] = (1 - region_cue) * generic + region_cue * region_rgb
+        facade[:] = np.array(_FACADE_RGB[style], np.float32) * layout_rng.uniform(0.9, 1.1)
         sunlit[top:ground_top, left : left + facade_w] = True
         if landscape.urbanity == "suburban":
             _draw_roof(image, sunlit, top, left, facade_w)

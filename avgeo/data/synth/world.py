@@ -24,7 +24,7 @@ import torch
 
 from avgeo.config import ConfigError
 from avgeo.data.synth.config import SynthConfig
-from avgeo.data.synth.regions import Region, assign_regions
+from avgeo.data.synth.regions import FACADE_STYLES, FacadeStyle, Region, assign_regions
 from avgeo.geo.gazetteer import COUNTRIES_GEOJSON, Place
 from avgeo.geo.sphere import EARTH_RADIUS_KM, angle_between, great_circle_km, latlon_to_xyz
 
@@ -60,7 +60,7 @@ def keyed_rng(seed: int, stream: int, *key: int) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Landscape:
-    """The coarse look of a location: all the frames are rendered from (besides a weak region tint)."""
+    """The coarse look of a location: all its frames are rendered from (with its layout seed)."""
 
     climate: Climate
     """Vegetation, ground and weather: tropical, arid, temperate or cold."""
@@ -70,6 +70,8 @@ class Landscape:
     """The sea is in view."""
     mountains: bool
     """Mountains are in view."""
+    facade: FacadeStyle
+    """The architecture: the style of most of its buildings (few show in rural views)."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ def draw_landscape(
     """A location's look from its latitude, whether it is `coastal`, its region's priors and its population.
 
     With probability `landscape_noise` the look ignores geography altogether (any place can look like
-    anything): that keeps frames from pinning latitude exactly.
+    anything): that keeps frames from pinning latitude or region exactly.
     """
     if rng.random() < landscape_noise:
         return Landscape(
@@ -245,12 +247,16 @@ def draw_landscape(
             urbanity=URBANITIES[rng.integers(len(URBANITIES))],
             coast=bool(rng.random() < 0.3),
             mountains=bool(rng.random() < 0.25),
+            facade=FACADE_STYLES[rng.integers(len(FACADE_STYLES))],
         )
     mountains = bool(rng.random() < region.mountain_share)
     coast = coastal and bool(rng.random() < SEA_IN_VIEW_PROB)
     urbanity_probs = next(probs for floor, probs in _URBANITY_PROBS if place.population >= floor)
     urbanity = URBANITIES[rng.choice(len(URBANITIES), p=urbanity_probs)]
-    return Landscape(_climate(abs(place.latlon_deg[0]), region, mountains, rng), urbanity, coast, mountains)
+    styles, style_probs = zip(*region.facades, strict=True)
+    facade = styles[rng.choice(len(styles), p=style_probs)]
+    climate = _climate(abs(place.latlon_deg[0]), region, mountains, rng)
+    return Landscape(climate, urbanity, coast, mountains, facade)
 
 
 def _climate(abs_lat_deg: float, region: Region, mountains: bool, rng: np.random.Generator) -> Climate:
