@@ -74,7 +74,7 @@ def test_sampler_matches_scipy_samples():
 
 
 def test_sampler_at_the_south_pole_and_with_float32():
-    south = torch.tensor([0.0, 0.0, -1.0])
+    south = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float32)
     samples = sample_vmf(2000, south, 50.0, torch.Generator().manual_seed(4), dtype=torch.float32)
     assert samples.dtype == torch.float32
     assert (samples @ south).mean().item() == pytest.approx(1 / math.tanh(50.0) - 1 / 50.0, abs=2e-3)

@@ -93,6 +93,8 @@ def integrate_on_sphere(
     points stay exactly on it. Returns the end points (N, 3) and, when `track_divergence`, the signed
     integral ∫_{t_start}^{t_end} div v(y_t, t) dt (N,) accumulated with the same stages.
     """
+    if solver not in _TABLEAUX:
+        raise ValueError(f"solver {solver!r} is not one of {', '.join(_TABLEAUX)}")
     tableau = _TABLEAUX[solver]
     step = (t_end - t_start) / num_steps
     y = y_start
@@ -156,18 +158,18 @@ class RFMHead(nn.Module):
         """Flow-matching loss (eq. 5), a scalar: mean ‖v_θ(y_t, t, ψ) − ẏ_t‖² over targets y1 (N, 3).
 
         y0 is uniform, t ~ U(0, 1), y_t on the geodesic y0 → y1. Each row's ψ (N, cond_dim) is swapped for
-        the null embedding with probability cond_dropout. Random draws use `generator` on the CPU and are
-        moved to y1's device, so a seed gives the same draws on any device.
+        the null embedding with probability cond_dropout. Random draws are made in float64 on the CPU
+        (`generator` must be a CPU generator) and then cast, so a seed gives the same draws on any
+        device and dtype.
         """
         self._check_cond(cond, y1.shape[0])
+        y1 = self._as_parameters(y1)
         num_targets = y1.shape[0]
-        y0 = sample_uniform(num_targets, generator, dtype=y1.dtype).to(y1.device)
-        t = torch.rand(num_targets, generator=generator, dtype=y1.dtype).to(y1.device)
+        y0 = self._as_parameters(sample_uniform(num_targets, generator, dtype=torch.float64))
+        t = self._as_parameters(torch.rand(num_targets, generator=generator, dtype=torch.float64))
         drop_cond = None
         if cond is not None and self.config.cond_dropout > 0:
-            drop_cond = (torch.rand(num_targets, generator=generator) < self.config.cond_dropout).to(
-                y1.device
-            )
+            drop_cond = torch.rand(num_targets, generator=generator).to(y1.device) < self.config.cond_dropout
         y_t, target_velocity = geodesic_path(y0, y1, t)
         predicted = self.field(y_t, t, cond, drop_cond=drop_cond)
         return (predicted - target_velocity).pow(2).sum(-1).mean()
@@ -179,7 +181,7 @@ class RFMHead(nn.Module):
         generator: torch.Generator | None = None,
         guidance_scale: float | None = None,
     ) -> torch.Tensor:
-        """(B, M) samples as (B, M, 3) unit vectors, for ψ (B, cond_dim) or None (B = 1)."""
+        """M samples per condition: (B, M, 3) unit vectors for ψ (B, cond_dim); (1, M, 3) for cond=None."""
         samples, _ = self._flow_from_base(
             cond, num_samples, generator, guidance_scale, track_divergence=False
         )
@@ -204,13 +206,13 @@ class RFMHead(nn.Module):
         """Exact log p(y | ψ) in nats/sr: y (B, M, 3) or (B, 3) -> (B, M) or (B,).
 
         ψ is (B, cond_dim), one condition per leading row of y; with cond=None y may have any leading
-        shape. Points are renormalised onto the sphere first.
+        shape. Points are cast to the head's dtype and device and renormalised onto the sphere.
         """
         if y.shape[-1] != 3 or (cond is not None and y.dim() not in (2, 3)):
             raise RFMInputError(
                 f"log_density: y has shape {tuple(y.shape)}; expected (B, 3) or (B, M, 3) xyz unit vectors"
             )
-        points = normalize(y.reshape(-1, 3))
+        points = normalize(self._as_parameters(y.reshape(-1, 3)))
         flat_cond = self._repeat_cond(cond, y.shape[0], points.shape[0] // y.shape[0])
         _, divergence_integral = integrate_on_sphere(
             self._velocity_fn(flat_cond, guidance_scale),
@@ -249,11 +251,10 @@ class RFMHead(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         num_conditions = 1 if cond is None else cond.shape[0]
         flat_cond = self._repeat_cond(cond, num_conditions, num_samples)
-        parameter = next(self.parameters())
-        base_points = sample_uniform(num_conditions * num_samples, generator, dtype=parameter.dtype)
+        base_points = sample_uniform(num_conditions * num_samples, generator, dtype=torch.float64)
         samples, divergence_integral = integrate_on_sphere(
             self._velocity_fn(flat_cond, guidance_scale),
-            base_points.to(parameter.device),
+            self._as_parameters(base_points),
             0.0,
             1.0,
             self.config.num_steps,
@@ -263,6 +264,10 @@ class RFMHead(nn.Module):
         if divergence_integral is not None:
             divergence_integral = divergence_integral.reshape(num_conditions, num_samples)
         return samples.reshape(num_conditions, num_samples, 3), divergence_integral
+
+    def _as_parameters(self, points: torch.Tensor) -> torch.Tensor:
+        parameter = next(self.parameters())
+        return points.to(dtype=parameter.dtype, device=parameter.device)
 
     def _velocity_fn(self, flat_cond: torch.Tensor | None, guidance_scale: float | None) -> VelocityFn:
         return lambda y, t: self.velocity(y, t, flat_cond, guidance_scale)

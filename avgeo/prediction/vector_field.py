@@ -139,15 +139,14 @@ def velocity_and_divergence(
     For a tangent field v extended to a neighbourhood of the sphere, with J its 3×3 Jacobian and
     P = I − yyᵀ, the Riemannian divergence is tr(P J P) = e1ᵀ J e1 + e2ᵀ J e2 for any orthonormal
     tangent frame (e1, e2): only derivatives along the sphere enter, so any smooth extension gives the
-    same value. Two forward-mode Jacobian-vector products give it exactly; `velocity_fn` must treat rows
-    independently (no batch statistics).
+    same value. Forward-mode Jacobian-vector products along e1 and e2 give it exactly; `velocity_fn`
+    must treat rows independently (no batch statistics).
     """
-    first, second = tangent_frame(y)
+    frame = torch.stack(tangent_frame(y))
 
-    def along_sphere(point: torch.Tensor) -> torch.Tensor:
-        return velocity_fn(point, t)
+    def derivative_along(direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.func.jvp(lambda point: velocity_fn(point, t), (y,), (direction,))
 
-    velocity, derivative_first = torch.func.jvp(along_sphere, (y,), (first,))
-    _, derivative_second = torch.func.jvp(along_sphere, (y,), (second,))
-    divergence = (first * derivative_first).sum(-1) + (second * derivative_second).sum(-1)
-    return velocity, divergence
+    # vmap over the two directions computes the primal pass once for both.
+    velocity, derivatives = torch.func.vmap(derivative_along)(frame)
+    return velocity[0], (frame * derivatives).sum(dim=(0, -1))
