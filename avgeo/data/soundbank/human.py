@@ -7,6 +7,7 @@ resonators that move from vowel to vowel, plus fricative noise for consonants. A
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,18 +169,36 @@ def speech(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     return _render_voice(_talk(n, sample_rate, rng, f0_hz), n, sample_rate, rng, formant_scale, 0.03)
 
 
-def crowd(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A crowd: the murmur of many voices (speech-shaped babble, swelling and easing) with a few nearer
-    talkers standing out."""
-    out = _babble(n, sample_rate, rng, rng.uniform(2500.0, 4000.0))
-    for _ in range(2):
-        f0_hz, formant_scale = _adult_voice(rng)
-        voice = _render_voice(_talk(n, sample_rate, rng, f0_hz), n, sample_rate, rng, formant_scale, 0.03)
-        out += rng.uniform(0.2, 0.45) * voice
+def _passing(
+    n: int,
+    sample_rate: int,
+    rng: np.random.Generator,
+    window_s: tuple[float, float],
+    voice: Callable[[int], np.ndarray],
+) -> np.ndarray:
+    """(n,) someone heard for a stretch of `window_s` seconds (all of a shorter clip) as they pass by,
+    fading in and out; `voice(m)` renders their m samples."""
+    m = min(n, int(rng.uniform(*window_s) * sample_rate))
+    out = np.zeros(n, dtype=np.float32)
+    overlay(out, int(rng.integers(n - m + 1)), voice(m) * note_envelope(m, sample_rate, 0.3, 0.3))
     return out
 
 
-def _laugh(n: int, sample_rate: int, rng: np.random.Generator, f0_hz: float, start: int) -> list[_Syllable]:
+def crowd(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """A crowd: the murmur of many voices (speech-shaped babble, swelling and easing) with two nearer
+    talkers standing out as they pass."""
+    out = _babble(n, sample_rate, rng, rng.uniform(2500.0, 4000.0))
+    for _ in range(2):
+        f0_hz, formant_scale = _adult_voice(rng)
+
+        def talker(m: int, f0_hz=f0_hz, formant_scale=formant_scale) -> np.ndarray:
+            return _render_voice(_talk(m, sample_rate, rng, f0_hz), m, sample_rate, rng, formant_scale, 0.03)
+
+        out += rng.uniform(0.3, 0.6) * _passing(n, sample_rate, rng, (3.0, 6.0), talker)
+    return out
+
+
+def _laugh(sample_rate: int, rng: np.random.Generator, f0_hz: float, start: int) -> list[_Syllable]:
     """A burst of laughter: 4-8 breathy "ha"s, ~5 a second, falling in pitch."""
     count = int(rng.integers(4, 9))
     spacing = int(sample_rate / rng.uniform(4.0, 6.0))
@@ -192,21 +211,27 @@ def _laugh(n: int, sample_rate: int, rng: np.random.Generator, f0_hz: float, sta
     ]
 
 
+def _child(m: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """(m,) a child at play: chatter with shouts (30% of syllables) and, now and then, a laugh."""
+    f0_hz = rng.uniform(230.0, 330.0)
+    syllables = _talk(m, sample_rate, rng, f0_hz, shout_probability=0.3)
+    for onset in poisson_onsets(m, sample_rate, 0.15, rng)[:1]:
+        laugh = _laugh(sample_rate, rng, f0_hz, int(onset))
+        laugh_end = laugh[-1].start + laugh[-1].consonant + laugh[-1].vowel
+        # A child laughing is not talking: drop the syllables the laugh overlaps.
+        talk = [s for s in syllables if s.start + s.consonant + s.vowel < onset or s.start > laugh_end]
+        syllables = sorted(talk + laugh, key=lambda s: s.start)
+    return _render_voice(syllables, m, sample_rate, rng, rng.uniform(1.25, 1.35), 0.08)
+
+
 def children_playing(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A playground: two high children's voices (230-330 Hz, short vocal tracts) chattering, shouting
-    and laughing over the bright hubbub of the rest."""
+    """A playground: high children's voices (230-330 Hz, short vocal tracts) chattering, shouting and
+    laughing as they run past, over the bright hubbub of the rest."""
     out = 0.3 * _babble(n, sample_rate, rng, 5000.0)
     for _ in range(2):
-        f0_hz = rng.uniform(230.0, 330.0)
-        syllables = _talk(n, sample_rate, rng, f0_hz, shout_probability=0.3)
-        for onset in poisson_onsets(n, sample_rate, 0.15, rng)[:1]:
-            laugh = _laugh(n, sample_rate, rng, f0_hz, int(onset))
-            laugh_end = laugh[-1].start + laugh[-1].consonant + laugh[-1].vowel
-            # A child laughing is not talking: drop the syllables the laugh overlaps.
-            talk = [s for s in syllables if s.start + s.consonant + s.vowel < onset or s.start > laugh_end]
-            syllables = sorted(talk + laugh, key=lambda s: s.start)
-        voice = _render_voice(syllables, n, sample_rate, rng, rng.uniform(1.25, 1.35), 0.08)
-        out += rng.uniform(0.5, 1.0) * voice
+        out += rng.uniform(0.6, 1.0) * _passing(
+            n, sample_rate, rng, (3.0, 7.0), lambda m: _child(m, sample_rate, rng)
+        )
     return out
 
 
@@ -238,7 +263,8 @@ def chant(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _step_sound(sample_rate: int, rng: np.random.Generator, gravel: bool) -> np.ndarray:
-    """(M,) one footfall: heel then toe, on a hard floor (a click and a thud) or on gravel (a crunch)."""
+    """(M,) one footfall: heel then toe, on a hard floor (a click and a thud) or on gravel (a crunch),
+    with the soft scuff of the sole rolling between them."""
     length = int(0.2 * sample_rate)
     step = np.zeros(length, dtype=np.float32)
     toe_delay = int(rng.uniform(0.05, 0.09) * sample_rate)
@@ -246,16 +272,16 @@ def _step_sound(sample_rate: int, rng: np.random.Generator, gravel: bool) -> np.
         part = length - offset
         if gravel:
             crunch = filter_band(white_noise(part, rng), sample_rate, 1000.0, 6000.0)
-            grains = np.abs(slow_noise(part, 400.0 / sample_rate, rng)) ** 3
+            grains = np.tanh(slow_noise(part, 400.0 / sample_rate, rng)) ** 2
             sound = crunch * grains * attack_decay(part, sample_rate, 0.005, rng.uniform(0.08, 0.15))
         else:
             click = filter_band(white_noise(part, rng), sample_rate, 1000.0, 3000.0)
             thud = filter_band(white_noise(part, rng), sample_rate, None, 200.0)
-            sound = click * attack_decay(part, sample_rate, 0.0005, 0.03) + 2.0 * thud * attack_decay(
-                part, sample_rate, 0.002, 0.06
-            )
+            sound = 0.5 * click * attack_decay(part, sample_rate, 0.0005, 0.03)
+            sound += 2.0 * thud * attack_decay(part, sample_rate, 0.002, 0.06)
         step[offset:] += strength * sound
-    return step
+    scuff = filter_band(white_noise(length, rng), sample_rate, 300.0, 4000.0)
+    return step + 0.1 * scuff * note_envelope(length, sample_rate, 0.02, 0.1)
 
 
 def walk_footsteps(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

@@ -102,8 +102,8 @@ def rain(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     dense crackle of drops (300-1500 a second, a few loud ones close by) ringing at 1-5 kHz."""
     hiss = coloured_noise(n, sample_rate, rng, -2.0, 200.0, 14000.0)
     onsets = poisson_onsets(n, sample_rate, rng.uniform(300.0, 1500.0), rng)
-    # Drop sizes are heavy-tailed: most are faint ticks, a few near the microphone are loud.
-    drops = impulses(n, onsets, rng.pareto(2.5, onsets.size))
+    # Drop sizes are heavy-tailed: most are faint ticks, a few near the microphone are loud (to a point).
+    drops = impulses(n, onsets, np.minimum(rng.pareto(2.5, onsets.size), 4.0))
     crackle = filter_band(drops, sample_rate, rng.uniform(900.0, 1500.0), rng.uniform(3500.0, 6000.0))
     return hiss + rng.uniform(0.5, 0.9) * unit_rms(crackle)
 

@@ -341,14 +341,14 @@ def voiced_call(
     breathiness: float = 0.0,
 ) -> np.ndarray:
     """(m,) unit-RMS animal or human call following `f0_hz` (m,): a harmonic source (rough: amplitude
-    jittered at ~100 Hz; breathy: noise added) through formant resonators, (F,) fixed or (K, F) moving
-    through K equal steps (a mouth opening or closing)."""
+    jittered at ~100 Hz by up to +-roughness; breathy: noise added) through formant resonators, (F,)
+    fixed or (K, F) moving through K equal steps (a mouth opening or closing)."""
     m = f0_hz.size
     source = oscillator(
         f0_hz, m, sample_rate, rng, highest_harmonic=60, slope_db_per_octave=slope_db_per_octave
     )
     if roughness:
-        source = source * (1.0 + roughness * slow_noise(m, 100.0 / sample_rate, rng))
+        source = source * (1.0 + roughness * np.tanh(slow_noise(m, 100.0 / sample_rate, rng)))
     if breathiness:
         source = source + breathiness * white_noise(m, rng)
     formants = np.atleast_2d(np.asarray(formants_hz, dtype=np.float64))
