@@ -20,6 +20,7 @@ from avgeo.data.soundbank.synthesis import (
     echo,
     filter_band,
     formant_filter,
+    frame_rate_hz,
     note_envelope,
     oscillator,
     overlay,
@@ -47,9 +48,6 @@ _VOWEL_FORMANTS_HZ = np.array(
 _OPEN_VOWELS = (0, 3, 4)
 """a, o, u: the vowels of chant and of shouting."""
 _FORMANT_BANDWIDTHS_HZ = np.array([90.0, 110.0, 170.0])
-
-_HOP = 512
-"""`stft_noise` hop for babble beds."""
 
 
 @dataclass(frozen=True)
@@ -156,11 +154,11 @@ def _adult_voice(rng: np.random.Generator) -> tuple[float, float]:
 
 def _babble(n: int, sample_rate: int, rng: np.random.Generator, brightness_hz: float) -> np.ndarray:
     """(n,) unit-RMS bed of many distant voices: speech-shaped noise with a faint syllabic flutter."""
-    frames = stft_frames(n, _HOP)
-    flutter = 1.0 + 0.2 * slow_noise(frames, 4.0 * _HOP / sample_rate, rng)
-    swell = np.exp(0.3 * slow_noise(frames, 0.2 * _HOP / sample_rate, rng))
-    spectrum = band_gain(stft_hz(_HOP, sample_rate), 150.0, brightness_hz, order=1, slope_db_per_octave=-2.0)
-    return stft_noise(((flutter * swell)[:, None] * spectrum[None, :]).astype(np.float32), _HOP, n, rng)
+    frames = stft_frames(n)
+    flutter = 1.0 + 0.2 * slow_noise(frames, 4.0 / frame_rate_hz(sample_rate), rng)
+    swell = np.exp(0.3 * slow_noise(frames, 0.2 / frame_rate_hz(sample_rate), rng))
+    spectrum = band_gain(stft_hz(sample_rate), 150.0, brightness_hz, order=1, slope_db_per_octave=-2.0)
+    return stft_noise(((flutter * swell)[:, None] * spectrum[None, :]).astype(np.float32), n, rng)
 
 
 def speech(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

@@ -15,6 +15,8 @@ from avgeo.data.soundbank.synthesis import (
     band_gain,
     coloured_noise,
     filter_band,
+    frame_rate_hz,
+    frame_times_s,
     impulses,
     overlay_many,
     poisson_onsets,
@@ -27,54 +29,47 @@ from avgeo.data.soundbank.synthesis import (
     white_noise,
 )
 
-_HOP = 512
-"""`stft_noise` hop (10.7 ms at 48 kHz)."""
-
-
-def _frame_rate(sample_rate: int) -> float:
-    return sample_rate / _HOP
-
 
 def _gusts(
     frames: int, sample_rate: int, rate_hz: float, depth: float, rng: np.random.Generator
 ) -> np.ndarray:
     """(T,) positive, log-normally fluctuating strength per frame: gusts changing about `rate_hz` times a
     second, `depth` the spread in natural-log units."""
-    return np.exp(depth * slow_noise(frames, rate_hz / _frame_rate(sample_rate), rng))
+    return np.exp(depth * slow_noise(frames, rate_hz / frame_rate_hz(sample_rate), rng))
 
 
 def ocean(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """The open sea from the shore or a boat: a deep, continuous roar (mostly below 500 Hz) heaving with
     the swell every 8-15 s, without distinct breakers."""
-    frames = stft_frames(n, _HOP)
-    time_s = np.arange(frames) / _frame_rate(sample_rate)
+    frames = stft_frames(n)
+    time_s = frame_times_s(n, sample_rate)
     swell = 0.65 + 0.35 * np.sin(2 * np.pi * time_s / rng.uniform(8.0, 15.0) + rng.uniform(0, 2 * np.pi))
     level = swell * _gusts(frames, sample_rate, 0.5, 0.15, rng)
-    freq_hz = stft_hz(_HOP, sample_rate)
+    freq_hz = stft_hz(sample_rate)
     spectrum = band_gain(freq_hz, 20.0, rng.uniform(300.0, 600.0), order=2, slope_db_per_octave=-3.0)
     spectrum += 0.03 * band_gain(freq_hz, 1000.0, 5000.0)  # far-off surf
-    return stft_noise((level[:, None] * spectrum[None, :]).astype(np.float32), _HOP, n, rng)
+    return stft_noise((level[:, None] * spectrum[None, :]).astype(np.float32), n, rng)
 
 
 def waves_surf(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Surf on a beach: every 5-11 s a wave breaks (a broadband crash rising in half a second), then its
     foam washes up and drains away as a hiss over 2-4 s."""
-    frames = stft_frames(n, _HOP)
+    frames = stft_frames(n)
     crash = np.zeros(frames, dtype=np.float32)
     fizz = np.zeros(frames, dtype=np.float32)
-    frame_rate = _frame_rate(sample_rate)
+    frame_rate = frame_rate_hz(sample_rate)
     for onset in regular_onsets(frames, frame_rate, rng.uniform(5.0, 11.0), 1.0, rng):
         strength = rng.uniform(0.6, 1.0)
         crash_env = attack_decay(frames - onset, frame_rate, rng.uniform(0.3, 0.8), rng.uniform(1.5, 3.0))
         fizz_env = attack_decay(frames - onset, frame_rate, rng.uniform(0.6, 1.2), rng.uniform(2.5, 5.0))
         crash[onset:] += strength * crash_env
         fizz[onset:] += strength * fizz_env
-    freq_hz = stft_hz(_HOP, sample_rate)
+    freq_hz = stft_hz(sample_rate)
     crash_spectrum = band_gain(freq_hz, 60.0, 2500.0, order=1)
     fizz_spectrum = band_gain(freq_hz, 1500.0, 12000.0, order=2)
     bed = 0.12 * band_gain(freq_hz, 30.0, 800.0, slope_db_per_octave=-3.0)
     magnitude = crash[:, None] * crash_spectrum + 0.6 * fizz[:, None] * fizz_spectrum + bed
-    return stft_noise(magnitude.astype(np.float32), _HOP, n, rng)
+    return stft_noise(magnitude.astype(np.float32), n, rng)
 
 
 def stream(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
@@ -111,9 +106,9 @@ def rain(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
 def thunder(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A thunderclap: for near strikes a sharp crack, then a rolling rumble of several overlapping
     bursts below ~300 Hz, losing its highs first, dying over 3-8 s."""
-    frames = stft_frames(n, _HOP)
-    frame_rate = _frame_rate(sample_rate)
-    freq_hz = stft_hz(_HOP, sample_rate)
+    frames = stft_frames(n)
+    frame_rate = frame_rate_hz(sample_rate)
+    freq_hz = stft_hz(sample_rate)
     magnitude = np.full((frames, freq_hz.size), 0.003, dtype=np.float32)
     for onset in poisson_onsets(frames, frame_rate, 0.1, rng)[:2]:
         near = rng.random() < 0.5
@@ -128,21 +123,21 @@ def thunder(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         cutoff_hz = 90.0 + (2500.0 if near else 400.0) * np.exp(-time_s / rng.uniform(0.2, 0.6))
         dull = 1.0 / np.sqrt(1.0 + (freq_hz[None, :] / cutoff_hz[:, None]) ** 4)
         magnitude[onset:] += roll[:, None] * dull * band_gain(freq_hz, 20.0, None, slope_db_per_octave=-3.0)
-    return stft_noise(magnitude, _HOP, n, rng)
+    return stft_noise(magnitude, n, rng)
 
 
 def wind(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Gusty wind: low rushing noise swelling and dropping by +-10 dB every few seconds, with a whistle
     (a narrow resonance around obstacles) that rises in pitch with each gust."""
-    frames = stft_frames(n, _HOP)
+    frames = stft_frames(n)
     gust = _gusts(frames, sample_rate, rng.uniform(0.15, 0.5), 0.6, rng)
-    freq_hz = stft_hz(_HOP, sample_rate)
+    freq_hz = stft_hz(sample_rate)
     rush = band_gain(freq_hz, 25.0, rng.uniform(500.0, 1200.0), order=1, slope_db_per_octave=-3.0)
     whistle_hz = rng.uniform(300.0, 900.0) * (0.6 + 0.4 * gust / gust.max())
     width_hz = 0.06 * whistle_hz
     whistle = 1.0 / (1.0 + ((freq_hz[None, :] - whistle_hz[:, None]) / width_hz[:, None]) ** 2)
     magnitude = gust[:, None] * rush[None, :] + rng.uniform(0.2, 0.5) * (gust**2)[:, None] * whistle
-    return stft_noise(magnitude.astype(np.float32), _HOP, n, rng)
+    return stft_noise(magnitude.astype(np.float32), n, rng)
 
 
 def rustling_leaves(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

@@ -98,24 +98,45 @@ def coloured_noise(
     )
 
 
-def stft_hz(hop: int, sample_rate: float) -> np.ndarray:
-    """(hop + 1,) float32 bin frequencies in Hz of the frames `stft_noise` synthesises (FFT size 2 * hop)."""
-    return rfft_hz(2 * hop, sample_rate)
+NOISE_HOP = 512
+"""Hop of `stft_noise` frames (FFT size twice that): 10.7 ms at 48 kHz, finer than any swell, gust or
+syllable the families shape with it."""
 
 
-def stft_frames(n: int, hop: int) -> int:
-    """Number of frames `stft_noise` needs to cover n samples at `hop`; frame t is centred at t * hop."""
-    return -(-n // hop) + 1
+def stft_hz(sample_rate: float) -> np.ndarray:
+    """(NOISE_HOP + 1,) float32 bin frequencies in Hz of the frames `stft_noise` synthesises."""
+    return rfft_hz(2 * NOISE_HOP, sample_rate)
 
 
-def stft_noise(magnitude: np.ndarray, hop: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Time-varying coloured noise: (T, hop + 1) amplitude per frame and bin -> (n,) unit RMS.
+def stft_frames(n: int) -> int:
+    """Number of `stft_noise` frames covering n samples; frame t is centred on sample t * NOISE_HOP."""
+    return -(-n // NOISE_HOP) + 1
 
-    Random-phase frames of size 2 * hop are overlap-added under a square-root Hann window, whose squares
-    sum to one, so a constant `magnitude` gives stationary noise. Frame t is centred on sample t * hop.
+
+def frame_rate_hz(sample_rate: float) -> float:
+    """`stft_noise` frames per second."""
+    return sample_rate / NOISE_HOP
+
+
+def frame_times_s(n: int, sample_rate: float) -> np.ndarray:
+    """(T,) float64 time in seconds of each `stft_noise` frame covering n samples."""
+    return np.arange(stft_frames(n)) / frame_rate_hz(sample_rate)
+
+
+def at_frames(control: np.ndarray) -> np.ndarray:
+    """(n,) audio-rate control -> (T,) its value at each `stft_noise` frame centre."""
+    return control[np.minimum(np.arange(stft_frames(control.size)) * NOISE_HOP, control.size - 1)]
+
+
+def stft_noise(magnitude: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Time-varying coloured noise: (T, NOISE_HOP + 1) amplitude per frame and bin -> (n,) unit RMS.
+
+    Random-phase frames of twice the hop are overlap-added under a square-root Hann window, whose
+    squares sum to one, so a constant `magnitude` gives stationary noise.
     """
+    hop = NOISE_HOP
     frames, bins = magnitude.shape
-    if bins != hop + 1 or frames < stft_frames(n, hop):
+    if bins != hop + 1 or frames < stft_frames(n):
         raise ValueError(f"magnitude {magnitude.shape} does not cover {n} samples at hop {hop}")
     spectrum = complex_gaussian((frames, bins), rng)
     spectrum *= magnitude
@@ -143,7 +164,7 @@ def slow_noise(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
     joined, starting at a random point between two knots.
 
     `rate` is in knots per sample; pass `rate_hz / sample_rate` for audio-rate signals, or
-    `rate_hz * hop / sample_rate` for one value per `stft_noise` frame.
+    `rate_hz / frame_rate_hz(sample_rate)` for one value per `stft_noise` frame.
     """
     spacing = max(1, round(1.0 / rate))
     start = int(rng.integers(spacing))

@@ -12,12 +12,15 @@ import numpy as np
 
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
+    at_frames,
     attack_decay,
     band_gain,
     breakpoints,
     coloured_noise,
     echo,
     filter_band,
+    frame_rate_hz,
+    frame_times_s,
     note_envelope,
     oscillator,
     overlay,
@@ -30,9 +33,6 @@ from avgeo.data.soundbank.synthesis import (
     unit_rms,
     white_noise,
 )
-
-_HOP = 512
-"""`stft_noise` hop for the broadband roars here (10.7 ms at 48 kHz: finer than any swell or gust)."""
 
 
 def _engine(
@@ -59,19 +59,9 @@ def _road_roar(
     level: np.ndarray, sample_rate: int, n: int, rng: np.random.Generator, low_hz: float, high_hz: float
 ) -> np.ndarray:
     """(n,) unit-RMS tyre-and-air roar (pink, `low_hz`-`high_hz`) whose amplitude follows `level`, one
-    value per `_HOP` frame."""
-    spectrum = band_gain(stft_hz(_HOP, sample_rate), low_hz, high_hz, order=2, slope_db_per_octave=-3.0)
-    return stft_noise(level[:, None] * spectrum[None, :], _HOP, n, rng)
-
-
-def _frame_times_s(n: int, sample_rate: int) -> np.ndarray:
-    """(T,) seconds at the centre of each `_HOP` frame covering n samples."""
-    return np.arange(stft_frames(n, _HOP)) * (_HOP / sample_rate)
-
-
-def _per_frame(control: np.ndarray) -> np.ndarray:
-    """(n,) audio-rate control -> (T,) its value at each `_HOP` frame centre."""
-    return control[np.minimum(np.arange(stft_frames(control.size, _HOP)) * _HOP, control.size - 1)]
+    value per `stft_noise` frame."""
+    spectrum = band_gain(stft_hz(sample_rate), low_hz, high_hz, order=2, slope_db_per_octave=-3.0)
+    return stft_noise(level[:, None] * spectrum[None, :], n, rng)
 
 
 def _gear_pulls(
@@ -102,7 +92,7 @@ def car(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A nearby car: four-cylinder petrol engine (idle ~800 rpm, pulls to 3-4.5k) and tyre roar with speed."""
     rpm = _gear_pulls(n, sample_rate, rng, rng.uniform(700, 900), rng.uniform(3000, 4500))
     engine = _engine(rpm / 60.0 * 2.0, sample_rate, rng, rng.uniform(500, 1000), 0.15, 0.0)
-    tyres = _road_roar(_per_frame(rpm) / rpm.max(), sample_rate, n, rng, 150.0, 2500.0)
+    tyres = _road_roar(at_frames(rpm) / rpm.max(), sample_rate, n, rng, 150.0, 2500.0)
     return engine + rng.uniform(0.2, 0.5) * tyres
 
 
@@ -110,14 +100,14 @@ def car_passing_by(n: int, sample_rate: int, rng: np.random.Generator) -> np.nda
     """One or two cars driving past: a tyre roar swelling to its closest point and fading, engine pitch
     dropping through the Doppler shift."""
     clip_s = n / sample_rate
-    frame_s = _frame_times_s(n, sample_rate)
+    frame_s = frame_times_s(n, sample_rate)
     level = np.full(frame_s.size, 0.02, dtype=np.float32)
     out = np.zeros(n, dtype=np.float32)
     for _ in range(int(rng.integers(1, 3))):
         closest_s = rng.uniform(0.15, 0.85) * clip_s
         speed_mps, distance_m = rng.uniform(10.0, 25.0), rng.uniform(3.0, 10.0)
         gain, doppler = pass_by(n, sample_rate, closest_s, speed_mps, distance_m)
-        level += pass_by(frame_s.size, sample_rate / _HOP, closest_s, speed_mps, distance_m)[0] ** 1.5
+        level += pass_by(frame_s.size, frame_rate_hz(sample_rate), closest_s, speed_mps, distance_m)[0] ** 1.5
         firing_hz = rng.uniform(1800, 3000) / 60.0 * 2.0 * doppler
         out += 0.4 * gain**1.5 * _engine(firing_hz, sample_rate, rng, rng.uniform(500, 900), 0.15, 0.0)
     return out + _road_roar(level, sample_rate, n, rng, 200.0, 4000.0) * float(np.sqrt(np.mean(level**2)))
@@ -127,13 +117,16 @@ def traffic_noise(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndar
     """Road traffic at a distance: a continuous low roar, swelling with each of many passing vehicles
     (a new one every 0.7-2 s), with a faint engine drone underneath."""
     clip_s = n / sample_rate
-    frame_s = _frame_times_s(n, sample_rate)
+    frame_s = frame_times_s(n, sample_rate)
     level = np.full(frame_s.size, 0.15, dtype=np.float32)
     rate_hz = rng.uniform(0.5, 1.4)
     for closest_s in np.cumsum(rng.exponential(1.0 / rate_hz, int(clip_s * rate_hz * 2) + 6)) - 3.0:
         distance_m = rng.uniform(15.0, 60.0)
         level += (
-            pass_by(frame_s.size, sample_rate / _HOP, closest_s, rng.uniform(8.0, 20.0), distance_m)[0] ** 2
+            pass_by(frame_s.size, frame_rate_hz(sample_rate), closest_s, rng.uniform(8.0, 20.0), distance_m)[
+                0
+            ]
+            ** 2
         )
     roar = _road_roar(np.sqrt(level), sample_rate, n, rng, 50.0, rng.uniform(1200.0, 2000.0))
     drone_hz = rng.uniform(25, 45) * (1.0 + 0.1 * slow_noise(n, 0.3 / sample_rate, rng))
@@ -222,10 +215,10 @@ def train(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     clip_s = n / sample_rate
     speed_mps = rng.uniform(12.0, 30.0)
     arrive_s = rng.uniform(-0.3, 0.4) * clip_s
-    frame_s = _frame_times_s(n, sample_rate)
+    frame_s = frame_times_s(n, sample_rate)
     # The wagons keep rumbling after the locomotive has passed: a step up at its arrival.
     wagons = np.where(frame_s >= arrive_s, np.float32(1.0), np.float32(0.05))
-    level = wagons + pass_by(frame_s.size, sample_rate / _HOP, arrive_s, speed_mps, 15.0)[0]
+    level = wagons + pass_by(frame_s.size, frame_rate_hz(sample_rate), arrive_s, speed_mps, 15.0)[0]
     rumble = _road_roar(level, sample_rate, n, rng, 30.0, 1500.0)
     gain, doppler = pass_by(n, sample_rate, arrive_s, speed_mps, 15.0)
     locomotive = gain * _engine(rng.uniform(60, 110) * doppler, sample_rate, rng, 600.0, 0.2, 0.4)
@@ -255,16 +248,16 @@ def rail_transport(n: int, sample_rate: int, rng: np.random.Generator) -> np.nda
     step_index = np.minimum((speed * steps.size * rng.uniform(0.9, 1.2)).astype(np.int64), steps.size - 1)
     inverter = oscillator(rng.uniform(300, 500) * steps[step_index], n, sample_rate, rng, 5, -8.0)
     motor = oscillator(80.0 + speed * rng.uniform(600, 1200), n, sample_rate, rng, highest_harmonic=3)
-    rolling = _road_roar(0.05 + _per_frame(speed), sample_rate, n, rng, 80.0, 2000.0)
+    rolling = _road_roar(0.05 + at_frames(speed), sample_rate, n, rng, 80.0, 2000.0)
     return 0.6 * inverter + 0.4 * motor * speed + 0.8 * rolling
 
 
 def subway(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A metro in its tunnel: heavy low rumble rattling at 5-15 Hz, wheels squealing (drifting 1.5-5 kHz
     tones) on curves, all reverberating off the tunnel walls."""
-    frames = stft_frames(n, _HOP)
-    rattle = 1.0 + 0.35 * slow_noise(frames, rng.uniform(5.0, 15.0) * _HOP / sample_rate, rng)
-    swell = 0.7 + 0.3 * slow_noise(frames, 0.2 * _HOP / sample_rate, rng)
+    frames = stft_frames(n)
+    rattle = 1.0 + 0.35 * slow_noise(frames, rng.uniform(5.0, 15.0) / frame_rate_hz(sample_rate), rng)
+    swell = 0.7 + 0.3 * slow_noise(frames, 0.2 / frame_rate_hz(sample_rate), rng)
     rumble = _road_roar(np.abs(rattle * swell), sample_rate, n, rng, 25.0, 600.0)
     squeal = np.zeros(n, dtype=np.float32)
     for onset in poisson_onsets(n, sample_rate, rng.uniform(0.15, 0.35), rng):
@@ -287,9 +280,11 @@ def aircraft(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     clip_s = n / sample_rate
     closest_s = rng.uniform(0.2, 0.8) * clip_s
     speed_mps, height_m = rng.uniform(70.0, 110.0), rng.uniform(300.0, 900.0)
-    frame_s = _frame_times_s(n, sample_rate)
-    closeness = pass_by(frame_s.size, sample_rate / _HOP, closest_s, speed_mps, height_m)[0]  # height / range
-    freq_hz = stft_hz(_HOP, sample_rate)
+    frame_s = frame_times_s(n, sample_rate)
+    closeness = pass_by(frame_s.size, frame_rate_hz(sample_rate), closest_s, speed_mps, height_m)[
+        0
+    ]  # height / range
+    freq_hz = stft_hz(sample_rate)
     roar = band_gain(freq_hz, 60.0, None, order=2, slope_db_per_octave=-4.0)[None, :]
     absorption_hz = 1500.0 + 6000.0 * closeness[:, None] ** 2  # air absorbs highs over a long path
     dull = 1.0 / np.sqrt(1.0 + (freq_hz[None, :] / absorption_hz) ** 4)
@@ -297,7 +292,7 @@ def aircraft(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     delay_s = rng.uniform(0.004, 0.008) * closeness[:, None]
     ground = np.abs(1.0 + 0.6 * np.exp(-2j * np.pi * freq_hz[None, :] * delay_s)).astype(np.float32)
     magnitude = (closeness[:, None] ** 1.5) * roar * dull * ground
-    out = stft_noise(magnitude.astype(np.float32), _HOP, n, rng)
+    out = stft_noise(magnitude.astype(np.float32), n, rng)
     gain, doppler = pass_by(n, sample_rate, closest_s, speed_mps, height_m)
     whine = oscillator(rng.uniform(1800, 3200) * doppler, n, sample_rate, rng, highest_harmonic=2)
     approaching = np.clip(doppler - 1.0, 0.0, None) * 4.0
@@ -334,11 +329,8 @@ def boat(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     wave, rising and falling with the swell, and the slap of waves on the hull."""
     firing_hz = rng.uniform(20, 45) * (1.0 + 0.03 * slow_noise(n, 0.7 / sample_rate, rng))
     engine = _engine(firing_hz, sample_rate, rng, rng.uniform(300, 700), 0.3, 0.4)
-    frames = stft_frames(n, _HOP)
     swell_hz = rng.uniform(0.5, 1.2)
-    swell = 0.6 + 0.4 * np.sin(
-        2 * np.pi * swell_hz * np.arange(frames) * _HOP / sample_rate + rng.uniform(0, 6.3)
-    )
+    swell = 0.6 + 0.4 * np.sin(2 * np.pi * swell_hz * frame_times_s(n, sample_rate) + rng.uniform(0, 6.3))
     wash = _road_roar(swell.astype(np.float32), sample_rate, n, rng, 300.0, 6000.0)
     slaps = np.zeros(n, dtype=np.float32)
     for onset in poisson_onsets(n, sample_rate, rng.uniform(0.6, 1.5), rng):
