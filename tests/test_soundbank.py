@@ -3,6 +3,7 @@
 import csv
 import itertools
 import math
+import pickle
 from pathlib import Path
 
 import av
@@ -104,6 +105,16 @@ def test_short_and_odd_durations_are_exact_and_never_silent(bank, duration_s):
             clip = bank.render(cls.mid, duration_s, np.random.default_rng(seed))
             assert clip.shape == (expected,), cls.name
             assert _rms(clip) == pytest.approx(REFERENCE_RMS, rel=1e-4), (cls.name, seed)
+
+
+def test_bank_pickles_for_worker_processes_and_renders_the_same(bank):
+    clone = pickle.loads(pickle.dumps(bank))
+    assert clone.classes == bank.classes
+    for name in ("Church bell", "Speech", "Ambulance (siren)"):
+        mid = class_by_name(name).mid
+        np.testing.assert_array_equal(
+            clone.render(mid, 1.0, np.random.default_rng(3)), bank.render(mid, 1.0, np.random.default_rng(3))
+        )
 
 
 def test_renders_at_16_khz_and_refuses_lower_rates():

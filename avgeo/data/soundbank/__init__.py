@@ -1,6 +1,6 @@
 """The MART sound bank: isolated sounds of AudioSet classes, procedural or from real clips.
 
-`SoundBank.procedural()` renders 55 classes from parametric generators grouped by family (`animals`,
+`SoundBank.procedural()` renders over fifty classes from parametric generators grouped by family (`animals`,
 `birds`, `bells`, `construction`, `human`, `nature`, `signals`, `vehicles`, built on `synthesis`);
 `SoundBank.from_folder(root, labels_csv)` serves real AudioSet-style clips (`folder`).
 """

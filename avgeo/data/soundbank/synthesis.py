@@ -344,6 +344,8 @@ def formant_filter(
     source = _guarded(source)
     state = np.zeros((formants_hz.shape[1], 2))
     for start, stop, formants in zip(boundaries[:-1], boundaries[1:], formants_hz, strict=True):
+        if stop <= start:
+            continue
         sos = np.stack(
             [resonator_section(f, b, sample_rate) for f, b in zip(formants, bandwidths_hz, strict=True)]
         )

@@ -120,14 +120,10 @@ def traffic_noise(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndar
     frame_s = frame_times_s(n, sample_rate)
     level = np.full(frame_s.size, 0.15, dtype=np.float32)
     rate_hz = rng.uniform(0.5, 1.4)
+    frame_rate = frame_rate_hz(sample_rate)
     for closest_s in np.cumsum(rng.exponential(1.0 / rate_hz, int(clip_s * rate_hz * 2) + 6)) - 3.0:
-        distance_m = rng.uniform(15.0, 60.0)
-        level += (
-            pass_by(frame_s.size, frame_rate_hz(sample_rate), closest_s, rng.uniform(8.0, 20.0), distance_m)[
-                0
-            ]
-            ** 2
-        )
+        speed_mps, distance_m = rng.uniform(8.0, 20.0), rng.uniform(15.0, 60.0)
+        level += pass_by(frame_s.size, frame_rate, closest_s, speed_mps, distance_m)[0] ** 2
     roar = _road_roar(np.sqrt(level), sample_rate, n, rng, 50.0, rng.uniform(1200.0, 2000.0))
     drone_hz = rng.uniform(25, 45) * (1.0 + 0.1 * slow_noise(n, 0.3 / sample_rate, rng))
     return roar + 0.25 * _engine(drone_hz, sample_rate, rng, 250.0, 0.3, 0.0)
