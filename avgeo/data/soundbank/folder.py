@@ -40,7 +40,7 @@ def read_labels_csv(labels_csv: str | Path, root: str | Path) -> dict[Path, tupl
     labels_csv, root = Path(labels_csv), Path(root)
     if not labels_csv.is_file():
         raise SoundBankError(f"{labels_csv}: labels CSV not found")
-    with labels_csv.open(newline="", encoding="utf-8") as fh:
+    with labels_csv.open(newline="", encoding="utf-8-sig") as fh:  # tolerate a spreadsheet BOM
         rows = [row for row in csv.reader(fh) if row and not row[0].lstrip().startswith("#")]
     if not rows or not {"filename", "labels"} <= {cell.strip() for cell in rows[0]}:
         raise SoundBankError(
