@@ -96,6 +96,7 @@ def manifest_row(scene: ClipScene, config: SynthConfig) -> dict[str, Any]:
         "urbanity": landscape.urbanity,
         "coast": landscape.coast,
         "mountains": landscape.mountains,
+        "facade": landscape.facade,
         "time_of_day_h": scene.time_of_day_h,
         "weather": scene.weather,
         "camera_pan": scene.pan_end - scene.pan_start,
