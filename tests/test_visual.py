@@ -8,16 +8,10 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from avgeo.perception.checkpoints import CheckpointError, geoclip_file
 from avgeo.perception.geoclip_gallery import GeoCLIPGallery
-from avgeo.perception.visual import VisualEncoder, geoclip_image_mlp
+from avgeo.perception.visual import TINY_CLIP_VISION, VisualEncoder, geoclip_image_mlp
 
-TINY_VISION = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "patch_size": 16,
-    "image_size": 224,
-}
+# Vision sizes without a projection width: full CLIP configs keep that at the top level.
+TINY_VISION = {key: value for key, value in TINY_CLIP_VISION.items() if key != "projection_dim"}
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
 
 
