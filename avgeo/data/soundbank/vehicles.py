@@ -217,7 +217,7 @@ def train(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     level = wagons + pass_by(frame_s.size, frame_rate_hz(sample_rate), arrive_s, speed_mps, 15.0)[0]
     rumble = _road_roar(level, sample_rate, n, rng, 30.0, 1500.0)
     gain, doppler = pass_by(n, sample_rate, arrive_s, speed_mps, 15.0)
-    locomotive = gain * _engine(rng.uniform(60, 110) * doppler, sample_rate, rng, 600.0, 0.2, 0.4)
+    locomotive = gain * _engine(rng.uniform(60, 110) * doppler, sample_rate, rng, 600.0, 0.4, 0.0)
     clacks = np.zeros(n, dtype=np.float32)
     wagon_s = rng.uniform(18.0, 26.0) / speed_mps
     axle_s = 2.5 / speed_mps
@@ -324,7 +324,7 @@ def boat(n: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """A motor boat under way: an inboard diesel chugging (20-45 Hz firing) over the hiss of the bow
     wave, rising and falling with the swell, and the slap of waves on the hull."""
     firing_hz = rng.uniform(20, 45) * (1.0 + 0.03 * slow_noise(n, 0.7 / sample_rate, rng))
-    engine = _engine(firing_hz, sample_rate, rng, rng.uniform(300, 700), 0.3, 0.4)
+    engine = _engine(firing_hz, sample_rate, rng, rng.uniform(300, 700), 0.5, 0.0)
     swell_hz = rng.uniform(0.5, 1.2)
     swell = 0.6 + 0.4 * np.sin(2 * np.pi * swell_hz * frame_times_s(n, sample_rate) + rng.uniform(0, 6.3))
     wash = _road_roar(swell.astype(np.float32), sample_rate, n, rng, 300.0, 6000.0)
