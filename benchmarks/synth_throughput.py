@@ -48,17 +48,8 @@ def main() -> None:
     )
 
     decode_script = Path(__file__).with_name("decode_throughput.py")
-    subprocess.run(
-        [
-            sys.executable,
-            str(decode_script),
-            "--manifest",
-            str(manifest_path),
-            "--limit",
-            str(args.decode_limit),
-        ],
-        check=True,
-    )
+    decode_args = ["--manifest", str(manifest_path), "--limit", str(args.decode_limit)]
+    subprocess.run([sys.executable, str(decode_script), *decode_args], check=True)
 
     report = story_oracle(read_manifest(manifest_path))
     print("story oracle on the test split (region accuracy, median km, accuracy within 200/750/2500 km):")
