@@ -67,8 +67,9 @@ def credible_region_areas_km2(
     """Area in km² of each highest-density credible region, from samples' log-densities (B, M) -> (B, L).
 
     The region of mass α is {y : p(y) ≥ τ_α}, where τ_α is exceeded by a fraction α of samples.
-    Its area is the importance-weighted mean E_p[1(p ≥ τ_α) / p] · R² (an unbiased estimate of
-    ∫ 1(p ≥ τ_α) dA in steradians, bounded because 1/p ≤ 1/τ_α inside the region).
+    Its area is the importance-weighted mean E_p[1(p ≥ τ_α) / p] · R²: for a fixed τ, an unbiased
+    estimate of ∫ 1(p ≥ τ) dA in steradians whose terms stay bounded (1/p ≤ 1/τ inside the region);
+    with τ_α read off the same samples it is consistent. Needs accurate log-densities (rk4 or midpoint).
     """
     if not all(0.0 < level <= 1.0 for level in levels):
         raise ValueError(f"credible levels {tuple(levels)} must lie in (0, 1]")
