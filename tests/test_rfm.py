@@ -50,20 +50,16 @@ def _random_field(seed: int = 0) -> TangentVectorField:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def float32_on_one_thread():
-    """Heads here are built in float32 whatever an earlier import left as torch's default dtype
-    (geomstats' torch backend switches it to float64), and on one thread: small MLP batches gain
-    little from a second one and lose ~10x when other jobs share the cores."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+def one_thread():
+    """Small MLP batches gain little from a second thread and lose ~10x when other jobs share the cores."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
     yield
     torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
 
 
 @pytest.fixture(scope="module")
-def vmf_head(float32_on_one_thread) -> RFMHead:
+def vmf_head(one_thread) -> RFMHead:
     """An unconditional head trained on vMF(MEAN_DIR, κ = 10) samples (~3 s on 2 cores)."""
     generator = torch.Generator().manual_seed(0)
     head = RFMHead(RFMConfig(width=128, num_steps=16))
@@ -92,24 +88,18 @@ def test_geodesic_path_hits_both_ends_with_constant_speed():
     assert torch.allclose(velocity.norm(dim=-1), angle_between(y0, y1), atol=1e-12)
 
 
-def test_geodesic_velocity_is_the_parallel_transported_log_map_as_in_geomstats():
+def test_geodesic_velocity_is_the_parallel_transported_log_map_as_in_geomstats(geomstats_float64):
     y0, y1 = _random_points(100, 4), _random_points(100, 5)
     t = torch.rand(100, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     _, velocity = geodesic_path(y0, y1, t)
-    # geomstats' torch backend computes in torch's default dtype, and its first import sets float64.
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        import geomstats.backend as gs
-        from geomstats.geometry.hypersphere import Hypersphere
+    import geomstats.backend as gs
+    from geomstats.geometry.hypersphere import Hypersphere
 
-        sphere = Hypersphere(dim=2)
-        log_vector = sphere.metric.log(gs.array(y1.numpy()), gs.array(y0.numpy()))
-        transported = sphere.metric.parallel_transport(
-            log_vector, gs.array(y0.numpy()), direction=gs.array(t.numpy()[:, None]) * log_vector
-        )
-    finally:
-        torch.set_default_dtype(dtype)
+    sphere = Hypersphere(dim=2)
+    log_vector = sphere.metric.log(gs.array(y1.numpy()), gs.array(y0.numpy()))
+    transported = sphere.metric.parallel_transport(
+        log_vector, gs.array(y0.numpy()), direction=gs.array(t.numpy()[:, None]) * log_vector
+    )
     np.testing.assert_allclose(velocity.numpy(), np.asarray(transported), atol=1e-9)
 
 

@@ -1,12 +1,9 @@
 """Sphere maths against geomstats' Hypersphere(dim=2) and against closed-form distances on the Earth."""
 
 import math
-import os
 
 import pytest
 import torch
-
-os.environ["GEOMSTATS_BACKEND"] = "pytorch"  # must precede the geomstats import
 from geomstats.geometry.hypersphere import Hypersphere
 
 from avgeo.geo import sphere
@@ -14,6 +11,7 @@ from avgeo.geo import sphere
 KM_PER_DEGREE = sphere.EARTH_RADIUS_KM * math.pi / 180.0  # 111.195 km along a great circle
 
 REFERENCE = Hypersphere(dim=2)
+pytestmark = pytest.mark.usefixtures("geomstats_float64")
 
 
 @pytest.fixture
