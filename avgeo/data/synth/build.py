@@ -9,6 +9,7 @@ and a clip already there is kept if its header shows both streams at full length
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import time
@@ -48,6 +49,8 @@ def run_synth(config: SynthConfig, out_dir: str | Path, seed: int = 0) -> Path:
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed!r}: expected an int >= 0")
+    # Re-validate: callers (the CLI) may have set fields after the config was built.
+    config = dataclasses.replace(config)
     out_dir = Path(out_dir)
     _claim(out_dir, config, seed)
     bank = SoundBank.procedural(sample_rate=config.sample_rate)
