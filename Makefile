@@ -14,6 +14,7 @@ export HF_HOME := $(CURDIR)/.cache/huggingface
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export NUMBA_CACHE_DIR := $(CURDIR)/.cache/numba
+export AVGEO_HOME := $(CURDIR)/.cache/avgeo
 export WANDB_MODE := disabled
 export RAY_AUTH_MODE := disabled
 export PYTHONUNBUFFERED := 1

@@ -13,6 +13,7 @@ for _key, _value in {
     "TORCH_EXTENSIONS_DIR": str(_CACHE / "torch_extensions"),
     "MPLCONFIGDIR": str(_CACHE / "matplotlib"),
     "NUMBA_CACHE_DIR": str(_CACHE / "numba"),
+    "AVGEO_HOME": str(_CACHE / "avgeo"),
     "WANDB_MODE": "disabled",
     "RAY_AUTH_MODE": "disabled",
     "GEOMSTATS_BACKEND": "pytorch",
@@ -33,3 +34,59 @@ def geomstats_float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(torch.float32)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One in-process local Ray cluster (2 CPUs) shared by every test of the session that needs one."""
+    import ray
+
+    os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "120")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_head():
+    """A `ray start --head` cluster on 127.0.0.1 with its job server, as a user starts one.
+
+    Yields the dashboard address for `ray job submit --address`. It runs with `--block` in its own
+    process group, so stopping it ends exactly this cluster (`ray stop` would end every Ray process on
+    the machine, the session's `ray_local` included).
+    """
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = tempfile.mkdtemp(prefix="avgeo-ray-", dir="/tmp")
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
+         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard_port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2)
+            break
+        except OSError:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start --head did not come up (logs in {temp_dir})") from None
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
