@@ -1,0 +1,1 @@
+"""Reasoning: the multimodal LLM, its rewards and the GRPO loss."""
