@@ -128,7 +128,10 @@ def r_align(
 
 
 def r_calib(
-    log_density_fn: LogDensityFn, true_latlon_deg: torch.Tensor, psi: torch.Tensor, clip_nats: float = 10.0
+    log_density_fn: LogDensityFn,
+    true_latlon_deg: np.ndarray | torch.Tensor,
+    psi: torch.Tensor,
+    clip_nats: float = 10.0,
 ) -> torch.Tensor:
     """R_calib (eq. 4): clamp(log p(y | ψ), ±clip_nats) / clip_nats, truth (N, 2) degrees, ψ (N, C) -> (N,).
 
@@ -152,7 +155,7 @@ def total_reward(
     pred_latlon_deg = np.array([r.latlon_deg if r.ok else unparsed for r in responses]).reshape(-1, 2)
     geo = r_geo(pred_latlon_deg, true_latlon_deg, config.geo_level_weights)
     align = r_align([r.trace for r in responses], pred_latlon_deg, gazetteer, config.align_when_no_place)
-    calib = r_calib(log_density_fn, torch.as_tensor(true_latlon_deg), psi, config.calib_clip_nats)
+    calib = r_calib(log_density_fn, true_latlon_deg, psi, config.calib_clip_nats)
     parse_ok = torch.tensor([r.ok for r in responses], dtype=torch.bool)
     weighted = config.weight_geo * geo + config.weight_align * align + config.weight_calib * calib
     total = torch.where(parse_ok, weighted, torch.tensor(config.parse_failure_reward))
