@@ -1,12 +1,14 @@
 """Throughput of avg-synth generation, then decode throughput over the clips it wrote.
 
     python benchmarks/synth_throughput.py --preset demo --out out/bench-demo
-    python benchmarks/synth_throughput.py --preset full --out out/bench-full --decode-limit 500
+    python benchmarks/synth_throughput.py --preset full --locations 60 --out out/bench-full
 
 Generation is timed end to end (gazetteer, planning, rendering on `--workers` processes, manifest) in
 an empty folder, and reported as clips/s and as seconds of clip per wall second; the baseline is real
-time (1.0 s/s). Decoding runs benchmarks/decode_throughput.py on the manifest it wrote. Last comes the
-story oracle (avgeo.data.synth.oracle): how well each modality's ground truth locates the test clips.
+time (1.0 s/s). `--locations` times a slice of a preset: every clip costs the same whatever their
+number, so 60 locations of `full` give its rate in two minutes instead of its whole 20,000 clips.
+Decoding runs benchmarks/decode_throughput.py on the manifest it wrote. Last comes the story oracle
+(avgeo.data.synth.oracle): how well each modality's ground truth locates the test clips.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="an empty or missing folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None, help="processes (default: the preset's)")
+    parser.add_argument("--locations", type=int, default=None, help="locations (default: the preset's)")
     parser.add_argument("--decode-limit", type=int, default=200, help="clips to decode afterwards")
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
@@ -37,13 +40,16 @@ def main() -> None:
     config = synth_preset(args.preset)
     if args.workers is not None:
         config = dataclasses.replace(config, num_workers=args.workers)
+    if args.locations is not None:
+        config = dataclasses.replace(config, n_locations=args.locations)
     start = time.perf_counter()
     manifest_path = run_synth(config, args.out, seed=args.seed)
     wall_s = time.perf_counter() - start
     n_clips = config.n_locations * config.clips_per_location
+    setup = f"{args.preset}, {config.n_locations} locations, {config.num_workers} workers"
     print(
-        f"generated {n_clips} clips of {config.clip_duration_s:g} s ({args.preset}, {config.num_workers} "
-        f"workers) in {wall_s:.1f} s: {n_clips / wall_s:.2f} clips/s; baseline real time 1.0 s/s: "
+        f"generated {n_clips} clips of {config.clip_duration_s:g} s ({setup}) in {wall_s:.1f} s: "
+        f"{n_clips / wall_s:.2f} clips/s; baseline real time 1.0 s/s: "
         f"{n_clips * config.clip_duration_s / wall_s:.1f}x real time"
     )
 
