@@ -277,6 +277,8 @@ def _story_table(rows):
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="n_locations"):
         load_config(SynthConfig, {"n_locations": 3})
+    with pytest.raises(ConfigError, match="num_workers: 0"):
+        load_config(SynthConfig, {"num_workers": 0})
     with pytest.raises(ConfigError, match="regional_gain_db"):
         load_config(SynthConfig, {"audio": {"regional_gain_db": [0.0, -5.0]}})
     with pytest.raises(ConfigError, match=r"unknown config key visual\.tint"):

@@ -81,8 +81,9 @@ class SynthConfig:
             raise ConfigError(
                 f"n_locations: {self.n_locations} cannot cover the 6 inhabited continents; use >= 6"
             )
-        if self.clips_per_location < 1 or self.clip_duration_s <= 0:
-            raise ConfigError("clips_per_location and clip_duration_s must be positive")
+        for name in ("clips_per_location", "clip_duration_s", "fps", "num_workers", "chunk_size"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: {getattr(self, name)!r}; it must be positive")
         if not (
             self.val_fraction > 0 and self.test_fraction > 0 and self.val_fraction + self.test_fraction < 1
         ):
@@ -92,8 +93,6 @@ class SynthConfig:
             )
         if self.frame_size_px < 16 or self.frame_size_px % 2:
             raise ConfigError(f"frame_size_px: {self.frame_size_px}; H.264 needs an even size >= 16")
-        if self.num_workers < 1 or self.chunk_size < 1:
-            raise ConfigError("num_workers and chunk_size must be >= 1")
         for name in ("regional_gain_db", "landscape_gain_db", "distractor_gain_db", "distractors_per_clip"):
             low, high = getattr(self.audio, name)
             if low > high:
