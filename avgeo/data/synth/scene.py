@@ -4,7 +4,7 @@ A scene is the ground-truth "story" of a clip. Its sounds come from four pools:
 - regional: the location's region palette (informative, often quiet);
 - landscape: what its landscape and weather make audible anywhere (surf on a coast, traffic in town,
   crickets at a tropical night, rain), as aliased as the frames;
-- distractors: heard everywhere (speech, footsteps, wind on the microphone, a dog), often loudest;
+- distractors: heard everywhere (speech, footsteps, a crowd, a dog), often loudest;
 - confuser: now and then one regional sound of another, random region that the location's own
   region never makes.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from avgeo.data.audioset import AudioSetClass, class_by_name
 from avgeo.data.synth.config import AudioKnobs
 from avgeo.data.synth.regions import ANY, NATURE, REGIONS, URBAN, SourceRule
-from avgeo.data.synth.world import CLIMATES, SCENE_STREAM, URBANITIES, Landscape, SynthLocation, keyed_rng
+from avgeo.data.synth.world import CLIMATES, SCENE_STREAM, Climate, Landscape, SynthLocation, keyed_rng
 
 Weather = Literal["clear", "cloudy", "rain", "fog", "snow"]
 Role = Literal["regional", "landscape", "distractor", "confuser"]
@@ -64,7 +64,7 @@ class Source:
     role: Role
     """Why it is there (regional, landscape, distractor, confuser)."""
     gain_db: float
-    """Level relative to the mixer's reference, dB."""
+    """Level in dB relative to the sound bank's render level (`REFERENCE_RMS`, -20 dBFS)."""
     onset_s: float
     """When it starts, seconds from the clip start."""
     duration_s: float
@@ -114,7 +114,7 @@ def sample_scene(
     for rule in location.region.palette:
         if rng.random() < knobs.regional_presence * _scaled_prob(rule, landscape):
             picks.append((rule, "regional", knobs.regional_gain_db))
-    for rule in landscape_rules(landscape, weather, night):
+    for rule in landscape_rules(landscape.climate, landscape.coast, landscape.mountains, weather, night):
         if rng.random() < _scaled_prob(rule, landscape):
             picks.append((rule, "landscape", knobs.landscape_gain_db))
     low, high = knobs.distractors_per_clip
@@ -152,34 +152,33 @@ def sample_scene(
     )
 
 
-def landscape_rules(landscape: Landscape, weather: Weather, night: bool) -> list[SourceRule]:
-    """Sounds any place with this landscape, weather and time may have: they alias like the frames do."""
+def landscape_rules(
+    climate: Climate, coast: bool, mountains: bool, weather: Weather, night: bool
+) -> list[SourceRule]:
+    """Sounds any place with this look, weather and time may have: they alias like the frames do."""
     rules = [SourceRule("Traffic noise, roadway noise", 0.8, URBAN)]
-    if landscape.coast:
+    if coast:
         rules.append(SourceRule("Waves, surf", 0.7))
-    if landscape.mountains:
+    if mountains:
         rules.append(SourceRule("Stream", 0.25, NATURE))
-    if landscape.climate in ("tropical", "temperate"):
+    if climate in ("tropical", "temperate"):
         rules.append(SourceRule("Bird vocalization, bird call, bird song", 0.15 if night else 0.5, NATURE))
         rules.append(SourceRule("Rustling leaves", 0.25, NATURE))
-        cricket_prob = {"tropical": (0.35, 0.7), "temperate": (0.1, 0.4)}[landscape.climate][int(night)]
+        cricket_prob = {"tropical": (0.35, 0.7), "temperate": (0.1, 0.4)}[climate][int(night)]
         rules.append(SourceRule("Cricket", cricket_prob, NATURE))
     else:
         rules.append(SourceRule("Wind", 0.5))
     if weather == "rain":
         rules.append(SourceRule("Rain", 1.0))
-        rules.append(SourceRule("Thunder", 0.3 if landscape.climate == "tropical" else 0.1))
+        rules.append(SourceRule("Thunder", 0.3 if climate == "tropical" else 0.1))
     return rules
 
 
 def heard_class_names() -> list[str]:
     """Every AudioSet class a scene can contain (the sound bank must render them all), sorted."""
     names = {rule.name for region in REGIONS for rule in region.palette} | set(DISTRACTORS)
-    for climate, urbanity, coast, mountains, weather, night in itertools.product(
-        CLIMATES, URBANITIES, (False, True), (False, True), WEATHERS, (False, True)
-    ):
-        landscape = Landscape(climate, urbanity, coast, mountains, facade="brick")
-        names |= {rule.name for rule in landscape_rules(landscape, weather, night)}
+    for look_and_time in itertools.product(CLIMATES, (False, True), (False, True), WEATHERS, (False, True)):
+        names |= {rule.name for rule in landscape_rules(*look_and_time)}
     return sorted(names)
 
 
