@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -42,15 +44,22 @@ def main() -> None:
         config = dataclasses.replace(config, num_workers=args.workers)
     if args.locations is not None:
         config = dataclasses.replace(config, n_locations=args.locations)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     manifest_path = run_synth(config, args.out, seed=args.seed)
-    wall_s = time.perf_counter() - start
+    wall_s, cpu_s = time.perf_counter() - start, _cpu_seconds() - cpu_start
     n_clips = config.n_locations * config.clips_per_location
     setup = f"{args.preset}, {config.n_locations} locations, {config.num_workers} workers"
     print(
         f"generated {n_clips} clips of {config.clip_duration_s:g} s ({setup}) in {wall_s:.1f} s: "
         f"{n_clips / wall_s:.2f} clips/s; baseline real time 1.0 s/s: "
         f"{n_clips * config.clip_duration_s / wall_s:.1f}x real time"
+    )
+    # CPU time does not depend on what else the machine runs; it bounds the rate on idle cores.
+    cores = min(config.num_workers, os.cpu_count() or 1)
+    bound_clips_per_s = cores * n_clips / cpu_s
+    print(
+        f"CPU: {cpu_s / n_clips * 1000:.0f} ms per clip; {cores} idle cores would give "
+        f"{bound_clips_per_s:.2f} clips/s; measured / that bound = {n_clips / wall_s / bound_clips_per_s:.2f}"
     )
 
     decode_script = Path(__file__).with_name("decode_throughput.py")
@@ -64,6 +73,12 @@ def main() -> None:
             f"  {modality:>6}: {scores['region_acc']:.3f}  {scores['median_km']:7.0f} km  "
             f"{scores['acc_200km']:.3f} / {scores['acc_750km']:.3f} / {scores['acc_2500km']:.3f}"
         )
+
+
+def _cpu_seconds() -> float:
+    """User + system seconds of this process and of its finished worker processes."""
+    own, workers = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + workers.ru_utime + workers.ru_stime
 
 
 if __name__ == "__main__":
