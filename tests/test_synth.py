@@ -2,6 +2,8 @@
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -47,8 +49,16 @@ def full_locations(places):
 
 @pytest.fixture(scope="module")
 def ci_build(tmp_path_factory):
+    """Built by the command users run: `avgeo synth --preset ci --out DIR --seed 0`."""
     out_dir = tmp_path_factory.mktemp("avg-synth-ci")
-    return out_dir, run_synth(CI, out_dir, seed=0)
+    avgeo_cli = Path(sys.executable).with_name("avgeo")
+    done = subprocess.run(
+        [str(avgeo_cli), "synth", "--preset", "ci", "--out", str(out_dir), "--seed", "0"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    manifest_path = out_dir / "manifest.parquet"
+    assert f"manifest: {manifest_path}" in done.stdout
+    return out_dir, manifest_path
 
 
 def _decode_with_pyav(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
