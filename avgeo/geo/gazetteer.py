@@ -25,11 +25,7 @@ ISO 3166 codes ("FRA", "FR") only work in `lookup`: in prose too many of them ar
 from __future__ import annotations
 
 import functools
-import itertools
 import json
-import re
-import unicodedata
-from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Literal, NamedTuple
@@ -40,6 +36,7 @@ import shapely
 import shapely.geometry
 import torch
 
+from avgeo.geo.place_names import NameEntry, NameIndex, is_safe_alternate, name_entries
 from avgeo.geo.s2cells import GeoInputError, as_latlon_deg
 from avgeo.geo.sphere import EARTH_RADIUS_KM, great_circle_km
 
@@ -111,100 +108,13 @@ def city_radius_km(population: int) -> float:
     return float(np.clip(10.0 * (max(population, 0) / 1e5) ** 0.4, 10.0, 60.0))
 
 
-# ---- names -----------------------------------------------------------------------------------------
-
-# Words are letters and digits, joined by inner apostrophes or hyphens ("d'Ivoire", "Guinea-Bissau").
-_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+|-[^\W_]+)*")
-# Words of one name may be parted by spaces or by a period ("St. Louis", "U.S.A.", "Dem. Rep. Congo").
-_NAME_GAP = re.compile(r"(?:'s)?(?:\.\s*|\s+)")  # after a possessive too: "Cox's Bazar"
-# A parenthesised qualifier may be left out: "Halle (Saale)" is also "Halle".
-_QUALIFIER = re.compile(r"\s*\([^)]*\)")
-_APOSTROPHES = str.maketrans(dict.fromkeys("\u2018\u2019\u02bb\u02bc", "'"))
-
-
-class _Word(NamedTuple):
-    start: int
-    end: int
-    spelling: str
-    key: str
-    """Case-folded spelling, the dictionary key."""
-
-
-def _fold(text: str) -> str:
-    """Drop accents and unify apostrophes, so that 'São Paulo' and 'Sao Paulo' read the same."""
-    if text.isascii():
-        return text
-    decomposed = unicodedata.normalize("NFKD", text.translate(_APOSTROPHES))
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
-
-
-def _words(folded: str) -> list[_Word]:
-    """The words of a `_fold`ed text."""
-    words = []
-    for match in _WORD.finditer(folded):
-        # A possessive "'s" is not part of the name: "Canada's" names Canada.
-        end = match.end() - 2 if match.group().endswith("'s") and len(match.group()) > 2 else match.end()
-        spelling = folded[match.start() : end]
-        words.append(_Word(match.start(), end, spelling, spelling.casefold()))
-    return words
-
-
-def _key(words: list[_Word]) -> str:
-    return " ".join(word.key for word in words)
-
-
-class _Name(NamedTuple):
-    place: Place
-    spellings: tuple[str, ...]
-    """The name's words as the gazetteer spells them."""
-    rank: tuple[int, int, int]
-    """Smaller wins a shared name: (kind, primary=0 / alternate=1, -population)."""
-
-
-def _written_as_name(words: list[_Word], name: _Name) -> bool:
-    """Whether text words, equal to a name's words but for case, may stand for it (the case rule of
-    `Gazetteer.find_places`)."""
-    if len(words) == 1 and words[0].spelling.isupper() and len(words[0].spelling) > 1:
-        return name.spellings[0].isupper()  # a shouted word is an acronym: "USA", not "CAN" (Çan)
-    return all(
-        word.spelling[0].isupper() or not spelling[0].isupper()
-        for word, spelling in zip(words, name.spellings, strict=True)
-    )
-
-
 _KIND_RANK = {"continent": 0, "country": 1, "city": 2}
 
 
-def _name_entries(spelling: str, place: Place, alternate: bool = False) -> list[tuple[str, _Name]]:
-    """(key, name) pairs under which `spelling` finds `place`: as written and without a qualifier."""
-    rank = (_KIND_RANK[place.kind], int(alternate), -place.population)
-    entries = []
-    for variant in dict.fromkeys((spelling, _QUALIFIER.sub("", spelling))):
-        words = _words(_fold(variant))
-        if words:
-            entries.append((_key(words), _Name(place, tuple(word.spelling for word in words), rank)))
-    return entries
-
-
-def _is_safe_alternate(spelling: str) -> bool:
-    """An alternate name is kept when it reads as a proper name in English text: ASCII once accents are
-    dropped, at least 4 letters, every word capitalised and not all capitals (which are codes: 'ZRH')."""
-    folded = _fold(spelling)
-    words = folded.split()
-    return (
-        folded.isascii()
-        and sum(char.isalpha() for char in folded) >= 4
-        and all(word[0].isupper() for word in words)
-        and not folded.isupper()
-    )
-
-
-def _name_table(entries: Iterable[tuple[str, _Name]]) -> dict[str, _Name]:
-    table: dict[str, _Name] = {}
-    for key, name in entries:
-        if key not in table or name.rank < table[key].rank:
-            table[key] = name
-    return table
+def _name_entries(spelling: str, place: Place, alternate: bool = False) -> list[tuple[str, NameEntry]]:
+    """Name-index entries for `place` under `spelling`; a shared name goes to the bigger kind, then to a
+    primary over an alternate name, then to the larger population."""
+    return name_entries(spelling, place, (_KIND_RANK[place.kind], int(alternate), -place.population))
 
 
 # ---- the gazetteer ---------------------------------------------------------------------------------
@@ -219,8 +129,8 @@ class Gazetteer:
         country_shapes: list[shapely.Geometry],
         continents: list[Place],
         cities: list[Place],
-        text_names: dict[str, _Name],
-        lookup_names: dict[str, _Name],
+        text_names: NameIndex,
+        lookup_names: NameIndex,
     ):
         self._countries = countries
         self._country_shapes = np.array(country_shapes, dtype=object)
@@ -231,7 +141,6 @@ class Gazetteer:
         self._cities = cities
         self._text_names = text_names
         self._lookup_names = lookup_names
-        self._longest_name_words = max(len(name.spellings) for name in text_names.values())
 
     @staticmethod
     def load(min_city_population: int = 15000) -> Gazetteer:
@@ -269,8 +178,7 @@ class Gazetteer:
 
     def lookup(self, name: str) -> Place | None:
         """The place a name, alias or ISO 3166 code denotes (any case, accents optional), or None."""
-        entry = self._lookup_names.get(_key(_words(_fold(name))))
-        return entry.place if entry else None
+        return self._lookup_names.lookup(name)
 
     def find_places(self, text: str) -> list[Place]:
         """Places named in `text`, each once, in order of first mention.
@@ -282,26 +190,7 @@ class Gazetteer:
         "reading", "a long beach" and "CAN" (Çan, Turkey) do not. A common word that starts a sentence
         still matches ("Reading the signs, ..." finds Reading, UK); in prose about places that is rare.
         """
-        folded = _fold(text)
-        words = _words(folded)
-        found: dict[Place, None] = {}
-        start = 0
-        while start < len(words):
-            matched = 1
-            for count in range(min(self._longest_name_words, len(words) - start), 0, -1):
-                span = words[start : start + count]
-                if any(
-                    not _NAME_GAP.fullmatch(folded[left.end : right.start])
-                    for left, right in itertools.pairwise(span)
-                ):
-                    continue
-                entry = self._text_names.get(_key(span))
-                if entry and _written_as_name(span, entry):
-                    found.setdefault(entry.place)
-                    matched = count
-                    break
-            start += matched
-        return list(found)
+        return self._text_names.find(text)
 
     # -- extents --
 
@@ -480,13 +369,13 @@ def _build_gazetteer(min_city_population: int) -> Gazetteer:
     for place, record in zip(cities, city_records, strict=True):
         text_entries += _name_entries(place.name, place)
         if place.population >= ALTERNATE_NAME_MIN_POPULATION:
-            for spelling in filter(_is_safe_alternate, record["alternatenames"]):
+            for spelling in filter(is_safe_alternate, record["alternatenames"]):
                 text_entries += _name_entries(spelling, place, alternate=True)
     return Gazetteer(
         country_places,
         [country.shape for country in countries],
         continents,
         cities,
-        text_names=_name_table(text_entries),
-        lookup_names=_name_table([*text_entries, *code_entries]),
+        text_names=NameIndex(text_entries),
+        lookup_names=NameIndex([*text_entries, *code_entries]),
     )
