@@ -41,7 +41,7 @@ as variable lists and cast back on read: pyarrow 25 writes a null fixed-size lis
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -135,22 +135,25 @@ class FeaturesError(ValueError):
 
 
 def features_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
-    """Build a validated table from per-clip dicts keyed by column name.
+    """Build a validated table from per-clip dicts keyed by column name (values as `feature_column`
+    takes them; a missing key is null)."""
+    columns = [feature_column(name, [row.get(name) for row in rows]) for name in FEATURES_SCHEMA.names]
+    return validate_features(pa.table(columns, schema=FEATURES_SCHEMA), "features_table")
+
+
+def feature_column(name: str, values: Sequence[Any]) -> pa.Array:
+    """One column of the feature table, typed as FEATURES_SCHEMA says, from per-row values (None: null).
 
     Vectors are numpy arrays: `visual_per_frame` (T, 512), `visual_mean` (512,), `audio_embedding` and
     `audio_projection` (W, 512), `audio_mean` (512,), `atom_class_strength` (527,); `atoms` is a list of
-    dicts with `ATOM_TYPE`'s keys; `models` and `timings` are dicts. A missing key or None is null.
+    dicts with `ATOM_TYPE`'s keys; `models` and `timings` are dicts; the rest are Python scalars.
     """
-    columns = []
-    for field in FEATURES_SCHEMA:
-        values = [row.get(field.name) for row in rows]
-        if field.name in ("visual_per_frame", "audio_embedding", "audio_projection"):
-            columns.append(_matrix_list_array(values, field.type.value_type.list_size))
-        elif pa.types.is_fixed_size_list(field.type):
-            columns.append(_vector_array(values, field.type.list_size))
-        else:
-            columns.append(pa.array(values, type=field.type))
-    return validate_features(pa.table(columns, schema=FEATURES_SCHEMA), "features_table")
+    field_type = FEATURES_SCHEMA.field(name).type
+    if pa.types.is_list(field_type) and pa.types.is_fixed_size_list(field_type.value_type):
+        return _matrix_list_array(values, field_type.value_type.list_size)
+    if pa.types.is_fixed_size_list(field_type):
+        return _vector_array(values, field_type.list_size)
+    return pa.array(values, type=field_type)
 
 
 def write_features(table: pa.Table, path: str | Path) -> Path:
@@ -166,8 +169,8 @@ def write_features(table: pa.Table, path: str | Path) -> Path:
         index = stored.schema.get_field_index(name)
         stored = stored.set_column(index, name, stored[name].cast(pa.list_(pa.float32())))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its files are private (0600); this one gets the umask's permissions like any other.
+    temp_name = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         pq.write_table(stored, temp_name)
         os.replace(temp_name, path)
@@ -323,7 +326,7 @@ def _cast_to(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
-def _vector_array(values: list[np.ndarray | None], dim: int) -> pa.FixedSizeListArray:
+def _vector_array(values: Sequence[np.ndarray | None], dim: int) -> pa.FixedSizeListArray:
     """(dim,) vectors or None -> fixed_size_list<float32, dim>; null slots hold zeros underneath."""
     mask = np.array([value is None for value in values], dtype=bool)
     flat = np.zeros((len(values), dim), dtype=np.float32)
@@ -333,7 +336,7 @@ def _vector_array(values: list[np.ndarray | None], dim: int) -> pa.FixedSizeList
     return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), dim, mask=pa.array(mask))
 
 
-def _matrix_list_array(values: list[np.ndarray | None], dim: int) -> pa.ListArray:
+def _matrix_list_array(values: Sequence[np.ndarray | None], dim: int) -> pa.ListArray:
     """(n_i, dim) matrices or None -> list<fixed_size_list<float32, dim>>."""
     present = [_checked(value, (None, dim)) for value in values if value is not None]
     lengths = [0 if value is None else len(value) for value in values]

@@ -1,0 +1,1 @@
+"""The Ray pieces: Data stages, Train loops and actors that compose the library."""
