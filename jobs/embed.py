@@ -1,4 +1,4 @@
-"""Embed a manifest: `ray job submit --working-dir . -- python jobs/embed.py --config configs/embed/tiny.yaml`."""
+"""Embed: `ray job submit --working-dir . -- python jobs/embed.py --config configs/embed/h100.yaml`."""
 
 from avgeo.cli import job_main
 from avgeo.distributed.embed import EmbedConfig, run_embed
