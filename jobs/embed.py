@@ -1,4 +1,4 @@
-"""Embed: `ray job submit --working-dir . -- python jobs/embed.py --config configs/embed/h100.yaml`."""
+"""Embed: `ray job submit --working-dir . -- python jobs/embed.py --config configs/embed/tiny.yaml`."""
 
 from avgeo.cli import job_main
 from avgeo.distributed.embed import EmbedConfig, run_embed
