@@ -1,0 +1,412 @@
+"""The RFM job: train one prediction head (the RFM head or a baseline) on one kind of features with Ray
+Train, and register the result for evaluation.
+
+    feature table, train split -> TorchTrainer (data-parallel workers, DDP) -> a checkpoint per epoch
+    -> <out_dir>/<model_name>/  (the head's config.json + model.safetensors, model.json, job.yaml)
+
+Every worker reads the feature table itself (a shared path on a cluster) and trains on its share of each
+epoch's shuffled rows (`DistributedSampler`); gradients are averaged across workers by DDP.
+
+Resume: Ray Train keeps the epochs' checkpoints under `<storage_path>/<model_name>/`. Running the job
+again with the same model name and storage path continues from the last one (Ray Train V2 resumes a run
+by its name), so raising `train.epochs` trains only the extra epochs. A checkpoint holds the weights, the
+optimizer state and the epoch; the shuffling and the flow's random draws are seeded per (seed, epoch,
+worker), so a resumed run draws what an uninterrupted one would have.
+
+The model registry is what `evaluate` reads: each `<out_dir>/<model_name>/` with a `model.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.compute as pc
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from avgeo.config import ConfigError, save_config
+from avgeo.data.features import FeatureKind, embedded_rows, feature_matrix, labels_latlon, read_features
+from avgeo.prediction.baselines import (
+    CellClassifierConfig,
+    CellClassifierHead,
+    RegressionConfig,
+    RegressionHead,
+    class_cells,
+)
+from avgeo.prediction.heads import FlowHead, GeoHead
+from avgeo.prediction.vector_field import RFMConfig
+from avgeo.runlog import MetricsLog
+
+HEAD_TYPES: dict[str, type[GeoHead]] = {
+    head.name: head for head in (FlowHead, RegressionHead, CellClassifierHead)
+}
+"""Trainable heads by the name job configs and the registry use."""
+
+MODEL_FILE = "model.json"
+"""Registry entry: which head, which feature kind, how it was trained."""
+
+JOB_CONFIG_FILE = "job.yaml"
+"""The job config that trained the model (loads back with `load_config(RFMJobConfig, …)`)."""
+
+METRICS_FILE = "metrics.jsonl"
+"""One JSON line per epoch: epoch, loss (mean over the epoch's examples), seconds."""
+
+_TRAIN_STATE_FILE = "train_state.pt"
+_HEAD_DIR = "head"
+_FEATURE_COLUMNS = ["split", "lat", "lon", "error", "visual_mean", "audio_mean", "atom_class_strength"]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings."""
+
+    epochs: int = 50
+    """Passes over the training rows (the method trains the RFM for 50)."""
+
+    batch_size: int = 256
+    """Examples per step on each worker; one step sees num_workers × batch_size examples."""
+
+    learning_rate: float = 1e-3
+    """AdamW learning rate (constant)."""
+
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+    seed: int = 0
+    """Seed of the shuffling and of the flow's draws (y0, t, condition dropout)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(
+                f"train.epochs {self.epochs} and train.batch_size {self.batch_size} must be >= 1"
+            )
+        if self.learning_rate <= 0 or self.weight_decay < 0:
+            raise ConfigError("train.learning_rate must be > 0 and train.weight_decay >= 0")
+
+
+@dataclass
+class RFMJobConfig:
+    """The RFM job: which features, which head, how to train it, and where the model and checkpoints go."""
+
+    features: Path
+    """Feature table (a Parquet file or a folder of them) written by the embedding job."""
+
+    out_dir: Path = Path("out/models")
+    """Model registry: the trained model goes to `<out_dir>/<model_name>/`."""
+
+    storage_path: Path = Path("out/ray_train")
+    """Ray Train's checkpoints (shared storage on a cluster); a re-run with the same model name resumes."""
+
+    head: Literal["rfm", "regression", "classification"] = "rfm"
+    """Which head to train."""
+
+    feature_kind: FeatureKind = "audiovisual"
+    """Its input: `visual` (GeoCLIP), `audio` (raw CLAP), `atoms` (IC-SAE) or `audiovisual` (all three)."""
+
+    model_name: str = ""
+    """Name in the registry and of the Ray Train run; empty means `<head>-<feature_kind>`."""
+
+    train_split: str = "train"
+    """Feature-table rows of this split (and without an error) are the training set."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation settings."""
+
+    rfm: RFMConfig = field(default_factory=RFMConfig)
+    """The RFM head's architecture (`head: rfm`); cond_dim is set from the features, leave it at 0."""
+
+    regression: RegressionConfig = field(default_factory=RegressionConfig)
+    """The regression head (`head: regression`); feature_dim is set from the features, leave it at 0."""
+
+    classification: CellClassifierConfig = field(default_factory=CellClassifierConfig)
+    """The S2-cell classifier (`head: classification`); feature_dim and cell_tokens are set from the
+    training rows, leave them empty."""
+
+    num_workers: int = 2
+    """Ray Train workers (data-parallel replicas)."""
+
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker; fractions let workers share cores (on a 2-core machine, 0.5 each)."""
+
+    use_gpu: bool = False
+    """One GPU per worker when true."""
+
+    torch_threads: int = 1
+    """torch threads per worker: small heads on shared cores run fastest with 1."""
+
+    def __post_init__(self) -> None:
+        derived = {
+            "rfm.cond_dim": self.rfm.cond_dim != 0,
+            "regression.feature_dim": self.regression.feature_dim != 0,
+            "classification.feature_dim": self.classification.feature_dim != 0,
+            "classification.cell_tokens": bool(self.classification.cell_tokens),
+        }
+        for key, is_set in derived.items():
+            if is_set:
+                raise ConfigError(
+                    f"{key} is set from the feature table by the job; remove it from the config"
+                )
+        if self.num_workers < 1 or self.torch_threads < 1 or self.cpus_per_worker <= 0:
+            raise ConfigError("num_workers and torch_threads must be >= 1 and cpus_per_worker > 0")
+        if "/" in self.name or self.name in (".", ".."):
+            raise ConfigError(f"model_name {self.model_name!r} must be a plain folder name")
+
+    @property
+    def name(self) -> str:
+        """The model's name: `model_name`, or `<head>-<feature_kind>`."""
+        return self.model_name or f"{self.head}-{self.feature_kind}"
+
+
+@dataclass
+class RFMSummary:
+    """What one run of the RFM job did."""
+
+    model_dir: Path
+    """The registered model."""
+    head: str
+    """Head type."""
+    feature_kind: str
+    """Input features."""
+    train_rows: int
+    """Training examples."""
+    epochs: int
+    """Epochs the model has been trained for, this run and the runs it resumed."""
+    final_loss: float
+    """Mean training loss of the last epoch."""
+    wall_s: float
+    """Seconds the run took."""
+
+    def report(self) -> str:
+        """One human-readable line."""
+        return (
+            f"rfm: {self.head} on {self.feature_kind} features ({self.train_rows} rows), "
+            f"{self.epochs} epochs, final loss {self.final_loss:.4f}, {self.wall_s:.1f} s -> {self.model_dir}"
+        )
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the registry: `<out_dir>/<name>/` with its `model.json`."""
+
+    directory: Path
+    """The model's folder; its name is the model's name."""
+    head_type: str
+    """A key of HEAD_TYPES."""
+    feature_kind: FeatureKind
+    """Which feature matrix the head reads."""
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def load(self, device: str | torch.device = "cpu") -> GeoHead:
+        """The trained head, in eval mode."""
+        return HEAD_TYPES[self.head_type].from_pretrained(self.directory, device).eval()
+
+
+def run_rfm(config: RFMJobConfig) -> RFMSummary:
+    """Train a prediction head on a feature table with Ray Train (resumable) and register it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    start_s = time.perf_counter()
+    # Workers may run anywhere: hand them absolute paths.
+    config = dataclasses.replace(
+        config,
+        features=config.features.resolve(),
+        out_dir=config.out_dir.resolve(),
+        storage_path=config.storage_path.resolve(),
+    )
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"config": config},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.num_workers,
+            use_gpu=config.use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=str(config.storage_path),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(
+            f"{config.name}: Ray Train finished without a checkpoint; see the worker logs above"
+        )
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        head = HEAD_TYPES[config.head].from_pretrained(Path(checkpoint_dir) / _HEAD_DIR)
+    metrics = result.metrics
+    model_dir = config.out_dir / config.name
+    save_trained_model(
+        model_dir,
+        head,
+        config.feature_kind,
+        {"epochs": metrics["epoch"], "train_rows": metrics["train_rows"], "features": str(config.features)},
+    )
+    save_config(config, model_dir / JOB_CONFIG_FILE)
+    summary = RFMSummary(
+        model_dir=model_dir,
+        head=config.head,
+        feature_kind=config.feature_kind,
+        train_rows=metrics["train_rows"],
+        epochs=metrics["epoch"],
+        final_loss=metrics["loss"],
+        wall_s=time.perf_counter() - start_s,
+    )
+    print(summary.report())
+    return summary
+
+
+def build_head(config: RFMJobConfig, feature_dim: int, train_latlon_deg: np.ndarray) -> GeoHead:
+    """The untrained head `config.head` for features of width `feature_dim` and the (N, 2) degree training
+    locations (which give the classifier its classes)."""
+    if config.head == "rfm":
+        return FlowHead(dataclasses.replace(config.rfm, cond_dim=feature_dim))
+    if config.head == "regression":
+        return RegressionHead(dataclasses.replace(config.regression, feature_dim=feature_dim))
+    classification = config.classification
+    cells = class_cells(train_latlon_deg, classification.s2_level)
+    return CellClassifierHead(dataclasses.replace(classification, feature_dim=feature_dim, cell_tokens=cells))
+
+
+def training_rows(config: RFMJobConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The training set: features (N, D) float32 of `config.feature_kind` and labels (N, 2) degrees."""
+    table = embedded_rows(read_features(config.features, columns=_FEATURE_COLUMNS))
+    table = table.filter(pc.equal(table["split"], config.train_split))
+    if table.num_rows == 0:
+        raise ConfigError(
+            f"{config.features}: no embedded rows of split {config.train_split!r}; check train_split and "
+            "that the embedding job has run on this manifest"
+        )
+    return feature_matrix(table, config.feature_kind), labels_latlon(table)
+
+
+def save_trained_model(
+    directory: Path, head: GeoHead, feature_kind: FeatureKind, about: dict[str, Any]
+) -> None:
+    """Register `head` in `directory`: its weights and config, and `model.json` (head type, feature kind
+    and the facts in `about`)."""
+    head.save_pretrained(directory)
+    entry = {"head": head.name, "feature_kind": feature_kind, **about}
+    (directory / MODEL_FILE).write_text(json.dumps(entry, indent=2) + "\n")
+
+
+def read_model_entry(directory: str | Path) -> ModelEntry:
+    """The registry entry in `directory` (written by `save_trained_model`), checked."""
+    directory = Path(directory)
+    model_file = directory / MODEL_FILE
+    if not model_file.is_file():
+        raise ConfigError(f"{directory}: no {MODEL_FILE}; train a model into it with the rfm job")
+    entry = json.loads(model_file.read_text())
+    if entry.get("head") not in HEAD_TYPES:
+        raise ConfigError(f"{model_file}: unknown head {entry.get('head')!r}; known: {', '.join(HEAD_TYPES)}")
+    return ModelEntry(directory, entry["head"], entry["feature_kind"])
+
+
+def model_entries(out_dir: str | Path) -> list[ModelEntry]:
+    """Every registry entry directly under `out_dir`, sorted by name."""
+    return [read_model_entry(path.parent) for path in sorted(Path(out_dir).glob(f"*/{MODEL_FILE}"))]
+
+
+class _Objective(nn.Module):
+    """The head's loss as a forward pass, so DDP sees the call and averages the gradients."""
+
+    def __init__(self, head: GeoHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(
+        self, features: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        return self.head.loss(features, targets, generator)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: restore the last checkpoint if any, then train the remaining epochs."""
+    import ray.train
+    import ray.train.torch
+
+    config: RFMJobConfig = loop_config["config"]
+    torch.set_num_threads(config.torch_threads)
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    features, latlon_deg = training_rows(config)
+    head = build_head(config, features.shape[1], latlon_deg).to(device)
+    dataset = TensorDataset(torch.from_numpy(features), head.training_targets(torch.from_numpy(latlon_deg)))
+    optimizer = torch.optim.AdamW(
+        head.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay
+    )
+    start_epoch = _restore(head, optimizer)
+    if rank == 0 and start_epoch:
+        print(f"{config.name}: resuming after epoch {start_epoch} of {config.train.epochs}")
+    model = ray.train.torch.prepare_model(_Objective(head))
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.train.seed
+    )
+    loader = DataLoader(dataset, batch_size=config.train.batch_size, sampler=sampler)
+    metrics_log = MetricsLog(config.out_dir / config.name / METRICS_FILE) if rank == 0 else None
+
+    for epoch in range(start_epoch, config.train.epochs):
+        epoch_start_s = time.perf_counter()
+        sampler.set_epoch(epoch)
+        seed = np.random.SeedSequence([config.train.seed, epoch, rank]).generate_state(1)[0]
+        generator = torch.Generator().manual_seed(int(seed))
+        model.train()
+        loss_total, examples = 0.0, 0
+        for batch_features, batch_targets in loader:
+            loss = model(batch_features.to(device), batch_targets.to(device), generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_total += loss.item() * len(batch_features)
+            examples += len(batch_features)
+        totals = torch.tensor([loss_total, examples], dtype=torch.float64, device=device)
+        if world_size > 1:
+            torch.distributed.all_reduce(totals)
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": float(totals[0] / totals[1]),
+            "epoch_s": time.perf_counter() - epoch_start_s,
+            "train_rows": len(dataset),
+        }
+        with tempfile.TemporaryDirectory() as checkpoint_dir:
+            checkpoint = None
+            if rank == 0:
+                torch.save(
+                    {"epoch": epoch + 1, "head": head.state_dict(), "optimizer": optimizer.state_dict()},
+                    Path(checkpoint_dir) / _TRAIN_STATE_FILE,
+                )
+                head.save_pretrained(Path(checkpoint_dir) / _HEAD_DIR)
+                checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir)
+                metrics_log.write(
+                    step=epoch + 1, epoch=epoch + 1, loss=metrics["loss"], epoch_s=metrics["epoch_s"]
+                )
+                print(f"{config.name}: epoch {epoch + 1}/{config.train.epochs} loss {metrics['loss']:.4f}")
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _restore(head: GeoHead, optimizer: torch.optim.Optimizer) -> int:
+    """Load the last checkpoint's weights and optimizer state, if there is one; returns its epoch (else 0)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as checkpoint_dir:
+        state = torch.load(Path(checkpoint_dir) / _TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
+    head.load_state_dict(state["head"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"])
