@@ -61,7 +61,8 @@ METRICS_FILE = "metrics.jsonl"
 
 _TRAIN_STATE_FILE = "train_state.pt"
 _HEAD_DIR = "head"
-_FEATURE_COLUMNS = ["split", "lat", "lon", "error", "visual_mean", "audio_mean", "atom_class_strength"]
+FEATURE_COLUMNS = ["split", "lat", "lon", "error", "visual_mean", "audio_mean", "atom_class_strength"]
+"""The feature-table columns the heads' inputs and labels come from."""
 
 
 @dataclass
@@ -282,7 +283,7 @@ def build_head(config: RFMJobConfig, feature_dim: int, train_latlon_deg: np.ndar
 
 def training_rows(config: RFMJobConfig) -> tuple[np.ndarray, np.ndarray]:
     """The training set: features (N, D) float32 of `config.feature_kind` and labels (N, 2) degrees."""
-    table = embedded_rows(read_features(config.features, columns=_FEATURE_COLUMNS))
+    table = embedded_rows(read_features(config.features, columns=FEATURE_COLUMNS))
     table = table.filter(pc.equal(table["split"], config.train_split))
     if table.num_rows == 0:
         raise ConfigError(
