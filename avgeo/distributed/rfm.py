@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from avgeo.config import ConfigError, save_config
 from avgeo.data.features import FeatureKind, embedded_rows, feature_matrix, labels_latlon, read_features
+from avgeo.perception.checkpoints import CheckpointError
 from avgeo.prediction.baselines import (
     CellClassifierConfig,
     CellClassifierHead,
@@ -113,7 +114,8 @@ class RFMJobConfig:
     """Its input: `visual` (GeoCLIP), `audio` (raw CLAP), `atoms` (IC-SAE) or `audiovisual` (all three)."""
 
     model_name: str = ""
-    """Name in the registry and of the Ray Train run; empty means `<head>-<feature_kind>`."""
+    """Name in the registry and of the Ray Train run; empty means `<head>-<feature_kind>`. A run with this
+    name under `storage_path` is resumed: after changing the head or its features, pick a new name."""
 
     train_split: str = "train"
     """Feature-table rows of this split (and without an error) are the training set."""
@@ -350,7 +352,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(
         head.parameters(), lr=config.train.learning_rate, weight_decay=config.train.weight_decay
     )
-    start_epoch = _restore(head, optimizer)
+    start_epoch = _restore(config, head, optimizer)
     if rank == 0 and start_epoch:
         print(f"{config.name}: resuming after epoch {start_epoch} of {config.train.epochs}")
     model = ray.train.torch.prepare_model(_Objective(head))
@@ -365,21 +367,10 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
         sampler.set_epoch(epoch)
         seed = np.random.SeedSequence([config.train.seed, epoch, rank]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(seed))
-        model.train()
-        loss_total, examples = 0.0, 0
-        for batch_features, batch_targets in loader:
-            loss = model(batch_features.to(device), batch_targets.to(device), generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_total += loss.item() * len(batch_features)
-            examples += len(batch_features)
-        totals = torch.tensor([loss_total, examples], dtype=torch.float64, device=device)
-        if world_size > 1:
-            torch.distributed.all_reduce(totals)
+        mean_loss = _train_epoch(model, optimizer, loader, generator, device, world_size)
         metrics = {
             "epoch": epoch + 1,
-            "loss": float(totals[0] / totals[1]),
+            "loss": mean_loss,
             "epoch_s": time.perf_counter() - epoch_start_s,
             "train_rows": len(dataset),
         }
@@ -399,7 +390,31 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def _restore(head: GeoHead, optimizer: torch.optim.Optimizer) -> int:
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    generator: torch.Generator,
+    device: torch.device,
+    world_size: int,
+) -> float:
+    """One pass over this worker's share of the rows; returns the mean loss over every worker's examples."""
+    model.train()
+    loss_total, examples = 0.0, 0
+    for features, targets in loader:
+        loss = model(features.to(device), targets.to(device), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_total += loss.item() * len(features)
+        examples += len(features)
+    totals = torch.tensor([loss_total, examples], dtype=torch.float64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(totals)
+    return float(totals[0] / totals[1])
+
+
+def _restore(config: RFMJobConfig, head: GeoHead, optimizer: torch.optim.Optimizer) -> int:
     """Load the last checkpoint's weights and optimizer state, if there is one; returns its epoch (else 0)."""
     import ray.train
 
@@ -408,6 +423,12 @@ def _restore(head: GeoHead, optimizer: torch.optim.Optimizer) -> int:
         return 0
     with checkpoint.as_directory() as checkpoint_dir:
         state = torch.load(Path(checkpoint_dir) / _TRAIN_STATE_FILE, map_location="cpu", weights_only=True)
-    head.load_state_dict(state["head"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{config.storage_path / config.name}: the run's last checkpoint does not fit this config's "
+            f"head ({exc}); set a new model_name, or delete that folder to start over"
+        ) from exc
     return int(state["epoch"])

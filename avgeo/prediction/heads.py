@@ -89,6 +89,7 @@ class GeoHead(nn.Module, GeoPredictor):
     """The dataclass stored as `config.json`."""
 
     config: Any
+    """The head's config dataclass instance (an instance of `config_cls`)."""
 
     def training_targets(self, latlon_deg: torch.Tensor) -> torch.Tensor:
         """Labels (N, 2) degrees -> what `loss` takes as targets; here (N, 3) unit vectors."""
