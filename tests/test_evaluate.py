@@ -24,7 +24,15 @@ from avgeo.data.features import (
     labels_latlon,
     read_features,
 )
-from avgeo.distributed.evaluate import HEATMAP_DIR, JSON_FILE, MARKDOWN_FILE, EvaluateConfig, run_evaluate
+from avgeo.distributed.evaluate import (
+    HEATMAP_DIR,
+    JSON_FILE,
+    MARKDOWN_FILE,
+    EvaluateConfig,
+    evaluate_row,
+    row_specs,
+    run_evaluate,
+)
 from avgeo.distributed.rfm import read_model_entry, save_trained_model
 from avgeo.evaluation import GROUPS, EvaluationRow, evaluate_predictor, markdown_tables
 from avgeo.geo.sphere import SPHERE_AREA_SR
@@ -199,3 +207,27 @@ def test_run_evaluate_scores_every_model_and_late_fusion_pair(ray_local, feature
     assert not any("regression" in path.name for path in summary.heatmaps)
     for path in summary.heatmaps:
         assert Image.open(path).size == FIGURE_SIZE_PX
+
+
+def test_gallery_row_reads_the_visual_features(features_path, tmp_path):
+    config = load_config(
+        EvaluateConfig,
+        {
+            "features": str(features_path),
+            "models_dir": str(tmp_path / "empty"),
+            "out_dir": str(tmp_path / "evaluate"),
+            "num_samples": 4,
+            "prdc_k": 2,
+            "geoclip_gallery_size": 300,
+            "gallery_top_k": 5,
+        },
+    )
+    (spec,) = row_specs(config)
+    assert (spec.name, spec.group, spec.feature_kinds) == ("geoclip-gallery", "Visual-only", ("visual",))
+    threads = torch.get_num_threads()
+    try:
+        row, heatmaps = evaluate_row(spec, config)  # in-process: the same function the Ray task runs
+    finally:
+        torch.set_num_threads(threads)  # evaluate_row sets the task's thread count
+    assert row.metrics["nll"] is None and heatmaps == []  # a distribution over gallery points, no density
+    assert row.metrics["num_clips"] == 16 and 0.0 <= row.metrics["acc_2500km"] <= 1.0
