@@ -71,8 +71,9 @@ class GeolocatorConfig:
     icsae_model: str = "tiny"
     """IC-SAE dictionary: `tiny` (seeded, untrained) or a directory written by `ICSAE.save_pretrained`."""
     mllm: MLLMConfig = field(default_factory=lambda: MLLMConfig(temperature=0.0))
-    """The MLLM (`mllm.model`: `tiny`, a LLaVA directory or hub id) and its decoding; greedy by default
-    (temperature 0) so that answers do not depend on batching."""
+    """The MLLM (`mllm.model`: `tiny`, a LLaVA directory or hub id) and its decoding. Greedy when this
+    section is left out; a section given in a config is a whole `MLLMConfig`, whose temperature defaults
+    to 1, so write `temperature: 0` there for answers that do not depend on batching."""
     rfm_model: str = "tiny"
     """RFM head: `tiny` (seeded, untrained, conditioned on the MLLM's ψ) or a directory written by
     `RFMHead.save_pretrained` (the RFM job's model directory) whose cond_dim is the MLLM's ψ width."""
