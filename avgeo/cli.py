@@ -14,7 +14,11 @@ from typing import Any
 
 import yaml
 
-JOBS: dict[str, str] = {}
+JOBS: dict[str, str] = {
+    "embed": "avgeo.distributed.embed:EmbedConfig:run_embed",
+    "rfm": "avgeo.distributed.rfm:RFMJobConfig:run_rfm",
+    "evaluate": "avgeo.distributed.evaluate:EvaluateConfig:run_evaluate",
+}
 """Job subcommands: name -> "module:ConfigClass:run_function"; `jobs/<name>.py` runs the same function."""
 
 
@@ -58,10 +62,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_job(config_cls: type, run: Callable[[Any], Any], args: argparse.Namespace) -> Any:
-    """Load and validate the config named on the command line, then run the job's library function."""
-    from avgeo.config import load_config
+    """Load and validate the config named on the command line, then run the job's library function.
 
-    return run(load_config(config_cls, args.config, **parse_overrides(args.overrides)))
+    A bad config ends the process with the error's message (exit status 2), not a traceback.
+    """
+    from avgeo.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_cls, args.config, **parse_overrides(args.overrides))
+    except ConfigError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return run(config)
 
 
 def job_main(config_cls: type, run: Callable[[Any], Any], argv: list[str] | None = None) -> Any:

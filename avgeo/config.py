@@ -125,6 +125,12 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (`lr: 1e-4`) as strings; accept them as numbers.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got str {value!r}") from None
     if hint is Path and isinstance(value, str):
         return Path(value)
     if isinstance(hint, type):

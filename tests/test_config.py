@@ -41,6 +41,10 @@ def test_round_trip_through_yaml(tmp_path):
     assert load_config(Job, tmp_path / "job.yaml") == job
 
 
+def test_exponents_that_yaml_reads_as_strings_are_floats():
+    assert load_config(Job, {"name": "a", "optim": {"lr": "1e-4"}}).optim.lr == 1e-4
+
+
 def test_overrides_use_dotted_keys():
     job = load_config(Job, {"name": "a"}, **{"optim.lr": 0.5, "epochs": 9})
     assert (job.optim.lr, job.epochs) == (0.5, 9)
