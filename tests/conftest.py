@@ -70,12 +70,19 @@ def ray_head():
 
     gcs_port, dashboard_port = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="avgeo-ray-", dir="/tmp")
-    ray_cli = str(Path(sys.executable).with_name("ray"))
+    venv_bin = Path(sys.executable).parent
+    # Every port of its own: the defaults (e.g. the dashboard agent's 52365) clash with another cluster.
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port",
+    )]  # fmt: skip
     head = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
-         "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        [str(venv_bin / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={gcs_port}", "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dashboard_port}", *ports, f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # `python` in a submitted job's entrypoint is this venv's, as for a user who activated it.
+        env={**os.environ, "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}"},
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.monotonic() + 120
