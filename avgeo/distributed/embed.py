@@ -29,12 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from avgeo.data.decode import DecodeConfig
+from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
+from avgeo.data.errors import DecodeError
 from avgeo.data.features import (
     FEATURES_SCHEMA,
     MODEL_FIELDS,
     TIMING_FIELDS,
     feature_column,
+    features_table,
     read_features,
     write_features,
 )
@@ -221,9 +223,6 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
             "compute": ray.data.ActorPoolStrategy(size=stage.pool_size),
         }
 
-    def device(stage: StageResources) -> str:
-        return "cuda" if stage.num_gpus > 0 else "cpu"
-
     common = {"torch_threads": config.torch_threads}
     # One block per decode batch, so decode tasks run in parallel from the start. Slicing here rather
     # than `repartition`: its shuffle task wants a whole CPU, which the actor pools may already hold.
@@ -242,7 +241,7 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
         VisualStage,
         fn_constructor_kwargs={
             "model": config.visual_model,
-            "device": device(config.visual_stage),
+            "device": _device(config.visual_stage),
             "frames_per_forward": config.frames_per_forward,
             **common,
         },
@@ -252,7 +251,7 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
         AudioStage,
         fn_constructor_kwargs={
             "model": config.audio_model,
-            "device": device(config.audio_stage),
+            "device": _device(config.audio_stage),
             "hop_s": config.hop_s,
             "windows_per_forward": config.windows_per_forward,
             **common,
@@ -263,7 +262,7 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
         AtomStage,
         fn_constructor_kwargs={
             "model": config.icsae_model,
-            "device": device(config.icsae_stage),
+            "device": _device(config.icsae_stage),
             "num_atoms": config.num_atoms,
             **common,
         },
@@ -278,15 +277,56 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
     )
 
 
+def embed_in_process(rows: pa.Table, config: EmbedConfig) -> pa.Table:
+    """The job's work without Ray, in this process: the feature table of manifest `rows`, in row order.
+
+    Same decode, featurizers and batches (`visual_stage.batch_size` clips) as the pipeline, one stage
+    after another; the baseline the Ray job is measured against, and a way to embed a few clips.
+    """
+    from avgeo.perception.embedder import AtomFeaturizer, AudioFeaturizer, ClipEmbedder, VisualFeaturizer
+
+    embedder = ClipEmbedder(
+        VisualFeaturizer.load(config.visual_model, _device(config.visual_stage), config.frames_per_forward),
+        AudioFeaturizer.load(
+            config.audio_model, _device(config.audio_stage), config.hop_s, config.windows_per_forward
+        ),
+        AtomFeaturizer.load(config.icsae_model, config.num_atoms, _device(config.icsae_stage)),
+    )
+    feature_rows = []
+    for batch in rows.select(list(MANIFEST_COLUMNS)).to_batches(max_chunksize=config.visual_stage.batch_size):
+        manifest_rows = batch.to_pylist()
+        decoded = []
+        for row in manifest_rows:
+            start_s = time.perf_counter()
+            clip, error = decode_or_error(row["video_path"], config.decode)
+            decoded.append((clip, error, time.perf_counter() - start_s))
+        features = iter(embedder.embed([clip for clip, _, _ in decoded if clip is not None]))
+        for row, (clip, error, decode_s) in zip(manifest_rows, decoded, strict=True):
+            if clip is None:
+                feature_rows.append({**row, "error": error, "timings": {"decode_s": decode_s}})
+            else:
+                clip_features = next(features)
+                timings = {"decode_s": decode_s, **clip_features["timings"]}
+                feature_rows.append({**row, **clip_features, "timings": timings})
+    return features_table(feature_rows)
+
+
+def decode_or_error(video_path: str | Path, config: DecodeConfig) -> tuple[DecodedClip | None, str | None]:
+    """`decode_clip`, with a bad clip's DecodeError returned as its `error` value instead of raised:
+    "<ErrorType>: <message>"."""
+    try:
+        return decode_clip(video_path, config), None
+    except DecodeError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def decode_batch(batch: pa.Table, config: DecodeConfig) -> pa.Table:
     """Decode each row's `video_path`; adds `frames`, `frames_shape`, `audio` (null on error rows),
     `error` and `decode_s`."""
-    from avgeo.perception.embedder import try_decode
-
     frames, frames_shape, audio, errors, decode_s = [], [], [], [], []
     for video_path in batch["video_path"].to_pylist():
         start_s = time.perf_counter()
-        clip, error = try_decode(video_path, config)
+        clip, error = decode_or_error(video_path, config)
         decode_s.append(time.perf_counter() - start_s)
         errors.append(error)
         frames.append(None if clip is None else clip.frames.tobytes())
@@ -403,6 +443,10 @@ def write_batch(batch: pa.Table, out_dir: str) -> pa.Table:
             "error_types": pa.array([error_types], pa.list_(pa.string())),
         }
     )
+
+
+def _device(stage: StageResources) -> str:
+    return "cuda" if stage.num_gpus > 0 else "cpu"
 
 
 def _in_output(manifest: pa.Table, out_dir: Path) -> pa.ChunkedArray:

@@ -20,19 +20,20 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
-from avgeo.data.errors import DecodeError
-from avgeo.perception.audio import AudioEncoder
-from avgeo.perception.icsae import ICSAE
-from avgeo.perception.visual import VisualEncoder
+# Each featurizer imports its model's module when it loads, so an actor running one model does not pay
+# for importing the others (transformers, laion-clap: seconds of CPU each).
+if TYPE_CHECKING:
+    from avgeo.data.decode import DecodedClip
+    from avgeo.perception.audio import AudioEncoder
+    from avgeo.perception.icsae import ICSAE
+    from avgeo.perception.visual import VisualEncoder
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -42,19 +43,6 @@ def weights_fingerprint(module: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:12]
-
-
-def decode_error_text(error: DecodeError) -> str:
-    """The feature table's `error` value: "<ErrorType>: <message>"."""
-    return f"{type(error).__name__}: {error}"
-
-
-def try_decode(video_path: str | Path, config: DecodeConfig) -> tuple[DecodedClip | None, str | None]:
-    """`decode_clip`, with a bad clip's DecodeError returned as its `error` text instead of raised."""
-    try:
-        return decode_clip(video_path, config), None
-    except DecodeError as exc:
-        return None, decode_error_text(exc)
 
 
 class VisualFeaturizer:
@@ -69,6 +57,8 @@ class VisualFeaturizer:
     @classmethod
     def load(cls, name_or_dir: str, device: str = "cpu", frames_per_forward: int = 32) -> VisualFeaturizer:
         """`VisualEncoder.from_pretrained(name_or_dir)` on `device`."""
+        from avgeo.perception.visual import VisualEncoder
+
         return cls(VisualEncoder.from_pretrained(name_or_dir).to(device), name_or_dir, frames_per_forward)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
@@ -101,6 +91,8 @@ class AudioFeaturizer:
         cls, name_or_dir: str, device: str = "cpu", hop_s: float = 10.0, windows_per_forward: int = 16
     ) -> AudioFeaturizer:
         """`AudioEncoder.from_pretrained(name_or_dir)` on `device`."""
+        from avgeo.perception.audio import AudioEncoder
+
         encoder = AudioEncoder.from_pretrained(name_or_dir).to(device)
         return cls(encoder, name_or_dir, hop_s, windows_per_forward)
 
@@ -149,6 +141,8 @@ class AtomFeaturizer:
     @classmethod
     def load(cls, name_or_dir: str, num_atoms: int, device: str = "cpu") -> AtomFeaturizer:
         """`ICSAE.from_pretrained(name_or_dir)` on `device`."""
+        from avgeo.perception.icsae import ICSAE
+
         return cls(ICSAE.from_pretrained(name_or_dir).to(device), name_or_dir, num_atoms)
 
     @torch.no_grad()
