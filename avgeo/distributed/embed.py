@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
+import ray.data
 
 from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
 from avgeo.data.errors import DecodeError
@@ -177,8 +179,6 @@ class EmbedSummary:
 
 def run_embed(config: EmbedConfig) -> EmbedSummary:
     """Embed an AVG manifest into feature-table Parquet files with Ray Data (resumable)."""
-    import ray
-
     if not ray.is_initialized():
         ray.init()
     start_s = time.perf_counter()
@@ -207,12 +207,11 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     return summary
 
 
-def build_dataset(pending: pa.Table, config: EmbedConfig) -> Any:
+def build_dataset(pending: pa.Table, config: EmbedConfig) -> ray.data.Dataset:
     """The Ray Data pipeline over `pending` manifest rows; each output row names one written file.
 
     Output rows: `file` (name in out_dir), `rows` (rows in it), `error_types` (one entry per error row).
     """
-    import ray.data
 
     def actor_pool(stage: StageResources) -> dict[str, Any]:
         return {
