@@ -28,6 +28,7 @@ Every column from `visual_per_frame` to `models` is null on an error row and set
 `timings` is set on every row; on an error row only `decode_s` is (the time the decoder took to fail).
 A batched stage's time is its batch's wall time shared evenly among the batch's clips.
 Window w of `audio_*` starts at w · hop seconds (the job's `hop_s`, 10 s by default); `atoms.window` is w.
+The job writes several files whose rows are not in manifest order: join or sort on `clip_id`.
 
 `feature_matrix` gives the prediction heads' inputs: `visual` = `visual_mean` (512), `audio` =
 `audio_mean` (512), `atoms` = `atom_class_strength` (527), `audiovisual` = the three concatenated in that
