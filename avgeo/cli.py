@@ -18,6 +18,7 @@ JOBS: dict[str, str] = {
     "embed": "avgeo.distributed.embed:EmbedConfig:run_embed",
     "rfm": "avgeo.distributed.rfm:RFMJobConfig:run_rfm",
     "evaluate": "avgeo.distributed.evaluate:EvaluateConfig:run_evaluate",
+    "grpo": "avgeo.distributed.grpo:GRPOConfig:run_grpo",
 }
 """Job subcommands: name -> "module:ConfigClass:run_function"; `jobs/<name>.py` runs the same function."""
 
