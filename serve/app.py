@@ -28,7 +28,9 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayTaskError
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
+from ray.serve.schema import ServeDeploySchema
 
 from avgeo.config import config_to_dict, load_config
 from avgeo.pipeline import (
@@ -231,3 +233,28 @@ def app(args: dict[str, Any]) -> serve.Application:
         PredictionDeployment.bind(config),
         config,
     )
+
+
+def run_config(config: dict[str, Any], timeout_s: float = 300.0) -> str:
+    """Deploy a Serve config (a parsed serve/config.yaml) on the connected Ray as `serve run` does, wait until
+    every application runs, and return the HTTP base URL."""
+    schema = ServeDeploySchema.model_validate(config)
+    serve.start(http_options=schema.http_options.model_dump())
+    # The controller imports each import_path and applies the config, as for `serve run` and `serve deploy`.
+    _get_global_client().deploy_apps(schema)
+    names = {application.name for application in schema.applications}
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        statuses = {name: serve.status().applications.get(name) for name in names}
+        if all(status is not None and status.status == "RUNNING" for status in statuses.values()):
+            return f"http://{schema.http_options.host}:{schema.http_options.port}"
+        failed = {
+            name: status.message
+            for name, status in statuses.items()
+            if status is not None and status.status == "DEPLOY_FAILED"
+        }
+        if failed or time.monotonic() > deadline_s:
+            raise RuntimeError(
+                f"Serve applications did not start within {timeout_s:g} s: {failed or statuses}"
+            )
+        time.sleep(1.0)

@@ -1,14 +1,13 @@
-"""The geolocation endpoint: serve/config.yaml validates, and the app it describes, deployed on the session's
-local Ray as `serve run serve/config.yaml` deploys it, answers real HTTP requests on 127.0.0.1 with real
-mp4s: results equal the in-process Geolocator's, bad requests get their 4xx, overload gets 503, and no
-refusal takes a replica down."""
+"""The geolocation endpoint: serve/config.yaml validates, and the app it describes, deployed on the
+session's local Ray as `serve run serve/config.yaml` deploys it (`serve.app.run_config`), answers real
+HTTP requests on 127.0.0.1 with real mp4s: results equal the in-process Geolocator's, bad requests get
+their 4xx, overload gets 503, and no refusal takes a replica down."""
 
 import asyncio
 import base64
 import dataclasses
 import socket
 import struct
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -89,22 +88,12 @@ def clip_paths(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def endpoint(ray_local):
-    """Base URL of the app deployed from the test config through Serve's config path; shut down after."""
+    """Base URL of the app deployed from the test config as `serve run` deploys it; shut down after."""
     from ray import serve
-    from ray.serve.context import _get_global_client
 
-    port = _free_port()
-    config = ServeDeploySchema.model_validate(_test_config(port))
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    # What `serve run serve/config.yaml` does: the controller imports serve.app:app and applies the config.
-    _get_global_client().deploy_apps(config)
-    deadline = time.monotonic() + 300
-    while (status := serve.status().applications.get("avgeo")) is None or status.status != "RUNNING":
-        if status is not None and status.status == "DEPLOY_FAILED":
-            pytest.fail(f"the app failed to deploy: {status.message}")
-        assert time.monotonic() < deadline, f"the app did not start: {status}"
-        time.sleep(1)
-    yield f"http://127.0.0.1:{port}"
+    from serve.app import run_config
+
+    yield run_config(_test_config(_free_port()))
     serve.shutdown()
 
 
