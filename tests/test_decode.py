@@ -324,3 +324,14 @@ def test_benchmark_reports_throughput_over_a_manifest_and_a_folder(clips, tmp_pa
         assert "2 clips" in result.stdout and "clips/s" in result.stdout
         # silent.mp4 has no audio: counted as an error by type, not a crash.
         assert "NoAudioStreamError: 1" in result.stdout
+
+
+def test_decode_errors_survive_pickling_with_their_type_and_message():
+    import pickle
+
+    from avgeo.data.errors import NoAudioStreamError
+
+    error = NoAudioStreamError("clip.mp4", "no audio stream; avgeo needs synchronized audio")
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is NoAudioStreamError
+    assert (again.path, str(again)) == (error.path, str(error))

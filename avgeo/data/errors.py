@@ -14,7 +14,12 @@ class DecodeError(ValueError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = str(path)
+        self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        # Rebuilt from both arguments, so the error survives pickling across Ray tasks and Serve hops.
+        return type(self), (self.path, self.problem)
 
 
 class MissingFileError(DecodeError):
