@@ -114,8 +114,9 @@ def test_rerun_returns_the_finished_model_and_refuses_another_config(synth_data,
     metrics_before = (model_dir / METRICS_FILE).read_text()
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        # Thread count is a speed setting: it does not change what the run produces.
-        assert run_warmup(dataclasses.replace(config, torch_threads=2), *synth_data) == model_dir
+        # Threads and evaluation settings do not shape the weights.
+        unchanged = dataclasses.replace(config, torch_threads=2, eval_clips=4, eval_every_steps=5)
+        assert run_warmup(unchanged, *synth_data) == model_dir
     assert "nothing to do" in printed.getvalue()
     assert (model_dir / METRICS_FILE).read_text() == metrics_before
     with pytest.raises(ConfigError, match="another learning_rate"):

@@ -58,8 +58,24 @@ RECORD_FILE = "warmup.yaml"
 METRICS_FILE = "metrics.jsonl"
 """JSON lines in `WARMUP_DIR`: {step, epoch, loss} per step; {step, parse_rate, align_rate} per eval."""
 
-# Settings that change how fast the warm-up runs or where it is stored, not the weights it produces.
-_SPEED_SETTINGS = ("out_dir", "torch_threads")
+# Settings that change where the model is stored, how fast it trains or what is measured on the way,
+# not the weights it ends with: a re-run may change them.
+_NOT_IN_WEIGHTS = (
+    "out_dir",
+    "torch_threads",
+    "eval_split",
+    "eval_clips",
+    "eval_every_steps",
+    "max_new_tokens",
+)
+
+_ZERO_MEANS = {
+    "max_clips": "all clips",
+    "max_atoms": "no atoms",
+    "lr_warmup_steps": "start at the peak rate",
+    "eval_clips": "no evaluation",
+    "eval_every_steps": "before and after training only",
+}
 
 
 class WarmupError(ValueError):
@@ -124,15 +140,6 @@ class WarmupConfig:
             raise ConfigError("learning_rate and max_grad_norm must be > 0 and weight_decay >= 0")
 
 
-_ZERO_MEANS = {
-    "max_clips": "all clips",
-    "max_atoms": "no atoms",
-    "lr_warmup_steps": "start at the peak rate",
-    "eval_clips": "no evaluation",
-    "eval_every_steps": "before and after training only",
-}
-
-
 def run_warmup(config: WarmupConfig, features_table: pa.Table, manifest: pa.Table) -> Path:
     """Warm the MLLM up on `features_table`'s clips (`read_features`) with targets written from
     `manifest`'s stories (`read_manifest` of an avg-synth build); returns `<out_dir>/mllm-warmup/`."""
@@ -190,9 +197,11 @@ class _Clips:
     """Embedded clips of one split, in a fixed order, with their stories."""
 
     clip_ids: list[str]
+    """Sorted."""
     visual: torch.Tensor
     """(N, T, 512) frame features."""
     atoms: list[list[SoundAtom]]
+    """Each clip's atoms, strongest first."""
     stories: list[dict]
     """The manifest rows."""
     models: list[str]
@@ -239,9 +248,9 @@ def _atom_dictionary(features_table: pa.Table) -> torch.Tensor:
 
 
 def _record(config: WarmupConfig, clip_ids: list[str], targets: list[str], models: list[str]) -> dict:
-    """What `RECORD_FILE` holds: the config (speed settings left out) and a hash of the training data."""
+    """What `RECORD_FILE` holds: the settings that shape the weights and a hash of the training data."""
     data = json.dumps({"clip_ids": clip_ids, "targets": targets, "models": models}).encode()
-    settings = {k: v for k, v in config_to_dict(config).items() if k not in _SPEED_SETTINGS}
+    settings = {k: v for k, v in config_to_dict(config).items() if k not in _NOT_IN_WEIGHTS}
     record = {"config": settings, "data_sha256": hashlib.sha256(data).hexdigest()}
     # Through YAML and back, so the record compares equal to the one read from disk.
     return yaml.safe_load(yaml.safe_dump(record))
@@ -278,6 +287,7 @@ def _train(
     held_out: _Clips | None,
     gazetteer: Gazetteer,
 ) -> Path:
+    """Train from `config.model`, evaluating on `held_out`, and move the result to `out_dir`."""
     if not train.clip_ids:
         raise WarmupError(
             f"no embedded clips of split {config.split!r} in the feature table; set split to one it holds"
