@@ -36,7 +36,6 @@ import torch
 
 from avgeo.config import load_config
 from avgeo.distributed.grpo import METRICS_FILE, GRPOConfig, load_prompts, run_grpo, step_prompt_indices
-from avgeo.perception.icsae import ICSAE
 from avgeo.reasoning.answer import parse_response
 from avgeo.reasoning.mllm import GeoMLLM
 from avgeo.reasoning.prompt import render_prompt
@@ -86,7 +85,7 @@ def trl(config: GRPOConfig, work_dir: Path, threads: int) -> dict[str, float]:
     model_dir = work_dir / "trl-model"
     language_model(mllm).save_pretrained(model_dir)  # TRL loads its reference from the same path
     mllm.tokenizer.save_pretrained(model_dir)
-    prompts = load_prompts(config, config.train_split, ICSAE.from_pretrained(config.icsae))
+    prompts = load_prompts(config, config.train_split)
     order = np.concatenate([step_prompt_indices(s, len(prompts), config) for s in range(config.steps)])
     rows = [
         {

@@ -25,12 +25,16 @@ from avgeo.data.features import (
 from avgeo.distributed.grpo import (
     CHECKPOINTS_DIR,
     METRICS_FILE,
+    ActorResources,
     GRPOConfig,
+    PlacementConfig,
     load_prompts,
+    placement_options,
     step_prompt_indices,
 )
 from avgeo.distributed.learner import POLICY_DIR, Reference
 from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker
+from avgeo.perception.embedder import weights_fingerprint
 from avgeo.perception.icsae import ICSAE, kernel_classes
 from avgeo.prediction.flow import RFMHead
 from avgeo.prediction.vector_field import RFMConfig
@@ -51,6 +55,7 @@ def write_feature_table(path: Path, num_train: int = 8, num_test: int = 4) -> Pa
     rng = np.random.default_rng(0)
     classes = audioset_classes()
     class_of_kernel = kernel_classes(4096, len(classes)).numpy()
+    icsae = f"tiny@{weights_fingerprint(ICSAE.from_pretrained('tiny'))}"  # the IC-SAE of the atoms
     rows = []
     for index in range(num_train + num_test):
         num_windows = 1 + index % 2
@@ -87,7 +92,7 @@ def write_feature_table(path: Path, num_train: int = 8, num_test: int = 4) -> Pa
                 "audio_mean": unit_audio.mean(0) / np.linalg.norm(unit_audio.mean(0)),
                 "atoms": atoms,
                 "atom_class_strength": strengths,
-                "models": {"visual": "tiny@0", "audio": "tiny@0", "icsae": "tiny@0"},
+                "models": {"visual": "tiny@0", "audio": "tiny@0", "icsae": icsae},
                 "timings": {"decode_s": 0.1, "visual_s": 0.1, "audio_s": 0.1, "icsae_s": 0.1},
             }
         )
@@ -129,28 +134,22 @@ def test_each_epoch_of_the_prompt_order_holds_every_prompt_once():
     assert not np.array_equal(step_prompt_indices(0, 50, reseeded), step_prompt_indices(0, 50, config))
 
 
-def test_prompts_hold_evenly_spread_frames_and_the_strongest_atoms_with_their_kernels(features):
+def test_prompts_are_the_embedded_rows_of_a_split_with_their_truths(features):
     config = load_config(GRPOConfig, CONFIGS / "tiny.yaml", features=str(features))
-    icsae = ICSAE.from_pretrained("tiny")
-    prompts = load_prompts(config, "train", icsae)
+    prompts = load_prompts(config, "train")
     assert prompts.clip_ids == [f"clip{i:02d}" for i in range(8)], "embedded train rows only, in order"
-    assert prompts.visual_per_frame.shape == (8, 6, VISUAL_DIM), "the fewest frames of any clip"
+    assert prompts.visual_per_frame.shape == (8, config.mllm.num_frames, VISUAL_DIM)
 
     row = read_features(features).to_pylist()[1]  # 8 frames, two windows of atoms
-    frames = np.array(row["visual_per_frame"], dtype=np.float32)
-    np.testing.assert_array_equal(prompts.visual_per_frame[1, [0, -1]].numpy(), frames[[0, -1]])
-    strengths = [atom.strength for atom in prompts.atoms[1]]
-    assert strengths == sorted((a["strength"] for a in row["atoms"]), reverse=True)
-    strongest_first = sorted(row["atoms"], key=lambda a: -a["strength"])
-    kernels = icsae.dictionary.detach()
-    for atom, stored in zip(prompts.atoms[1], strongest_first, strict=True):
-        assert atom.name == stored["class_name"]
-        torch.testing.assert_close(atom.vector, atom.strength * kernels[:, stored["kernel"]])
+    np.testing.assert_array_equal(prompts.visual_per_frame[1].numpy(), np.array(row["visual_per_frame"]))
+    assert [atom.name for atom in prompts.atoms[1]] == [
+        atom["class_name"] for atom in sorted(row["atoms"], key=lambda atom: -atom["strength"])
+    ]
     np.testing.assert_allclose(prompts.true_latlon_deg[1], (row["lat"], row["lon"]))
 
-    assert len(load_prompts(config, "test", icsae, max_clips=3)) == 3
+    assert len(load_prompts(config, "test", max_clips=3)) == 3
     with pytest.raises(ConfigError, match="no embedded rows of split 'val'"):
-        load_prompts(config, "val", icsae)
+        load_prompts(config, "val")
 
 
 def synthetic_rollouts(num_prompts: int, group_size: int, width: int, seed: int) -> Rollouts:
@@ -204,7 +203,7 @@ def test_rollouts_split_into_whole_groups_and_join_back_padded():
 def worker_and_prompts(features):
     config = load_config(GRPOConfig, CONFIGS / "tiny.yaml", features=str(features))
     mllm = MLLMConfig(max_new_tokens=12)
-    return RolloutWorker(mllm), Reference(mllm), load_prompts(config, "train", ICSAE.from_pretrained("tiny"))
+    return RolloutWorker(mllm), Reference(mllm), load_prompts(config, "train")
 
 
 def test_rollouts_carry_the_samplers_logprobs_which_the_reference_reproduces_at_version_0(worker_and_prompts):
@@ -239,13 +238,45 @@ def test_rewards_score_each_completion_against_its_own_prompts_truth(worker_and_
 
 
 @pytest.mark.ray
+@pytest.mark.parametrize("strategy", ["colocated", "split"])
+def test_placement_gives_every_actor_its_own_bundle_packed_as_the_strategy_says(ray_local, strategy):
+    from ray.util.placement_group import placement_group_table, remove_placement_group
+
+    placement = PlacementConfig(
+        strategy=strategy,
+        rollout_workers=2,
+        rollout=ActorResources(num_cpus=0.1),
+        learner=ActorResources(num_cpus=0.2),
+        reference=ActorResources(num_cpus=0.05),
+        reward=ActorResources(num_cpus=0.05),
+    )
+    groups, options = placement_options(placement)
+    try:
+        tables = {group.id: placement_group_table(group) for group in groups}
+        expected = {"colocated": ["STRICT_PACK"], "split": ["PACK"] * 4}[strategy]
+        assert [table["strategy"] for table in tables.values()] == expected
+        assert [len(options[role]) for role in ("learner", "rollout", "reference", "reward")] == [1, 2, 1, 1]
+        slots = set()
+        for role_options in options.values():
+            for option in role_options:
+                bundle = option["scheduling_strategy"]
+                group, index = bundle.placement_group, bundle.placement_group_bundle_index
+                assert tables[group.id]["bundles"][index] == {"CPU": option["num_cpus"]}
+                slots.add((group.id, index))
+        assert len(slots) == 5, "one bundle per actor"
+    finally:
+        for group in groups:
+            remove_placement_group(group)
+
+
+@pytest.mark.ray
 @pytest.mark.slow
 def test_ray_job_submit_trains_checkpoints_and_resumes(features, ray_head, tmp_path):
     out_dir = tmp_path / "grpo"
     ray_cli = str(Path(sys.executable).with_name("ray"))
 
     def submit(steps: int) -> subprocess.CompletedProcess:
-        entrypoint = [sys.executable, "jobs/grpo.py", "--config", "configs/grpo/tiny.yaml"]
+        entrypoint = ["python", "jobs/grpo.py", "--config", "configs/grpo/tiny.yaml"]
         for setting in (f"features={features}", f"out_dir={out_dir}", f"steps={steps}", "eval_clips=4",
                         "mllm.max_new_tokens=24"):  # fmt: skip
             entrypoint += ["--set", setting]

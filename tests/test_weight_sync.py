@@ -1,5 +1,6 @@
 """Learner → rollout weight sync: the learner's weights arrive bit-identical with their policy version,
-through the object store and through a gloo broadcast group (NCCL on GPUs); stale rollouts are refused."""
+through the object store and through a gloo broadcast group (NCCL on GPUs); stale rollouts are refused;
+and the learner step that produces those weights moves the policy the way the advantages say."""
 
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from avgeo.distributed.weight_sync import (
     check_fresh,
     layout_digest,
 )
-from avgeo.reasoning.mllm import MLLMConfig
+from avgeo.reasoning.mllm import GeoMLLM, MLLMConfig
 from avgeo.reasoning.prompt import SoundAtom
 
 MLLM = MLLMConfig(max_new_tokens=12)
@@ -79,9 +80,29 @@ def differing(a: PolicyWeights, b: PolicyWeights) -> list[str]:
 
 
 @pytest.mark.ray
+def test_the_first_learner_step_makes_completions_with_positive_advantage_likelier(ray_local, actors):
+    ray = ray_local
+    learner, (worker, _) = actors
+    assert ray.get(learner.policy_version.remote()) == 0, "runs on the learner's fresh AdamW state"
+    rollouts = ray.get(worker.generate.remote(random_prompts(0), GROUP_SIZE, 0))
+    advantages = torch.tensor([1.0, 1.0, -1.0, -1.0] * NUM_PROMPTS)
+    rollouts.advantages, rollouts.ref_logprobs = advantages, rollouts.logprobs.clone()
+    ray.get(learner.step.remote(rollouts, int(rollouts.mask.sum()), 0))
+
+    policy = GeoMLLM.from_pretrained(config=MLLM)
+    policy.load_state_dict_for_sync(ray.get(learner.weights.remote()).state_dict)
+    with torch.no_grad():
+        change = (rollouts.logprobs_under(policy) - rollouts.logprobs).sum(1) / rollouts.mask.sum(1)
+    # The GRPO objective to first order: Σ_i A_i · (mean token log-prob change of completion i) rises.
+    assert (advantages * change).sum() > 0
+    assert change[advantages > 0].mean() > change[advantages < 0].mean()
+
+
+@pytest.mark.ray
 def test_object_store_sync_delivers_the_learners_weights_bit_identical(ray_local, actors):
     ray = ray_local
     learner, (worker, _) = actors
+    ray.get(worker.load_weights.remote(learner.weights.remote()))
     train_step(ray, learner, worker, seed=1)
     learned, held = ray.get([learner.weights.remote(), worker.weights.remote()])
     assert learned.version == held.version + 1

@@ -12,11 +12,12 @@ log-probabilities (both read the rollouts from the object store); advantages are
 prompt's group; the learner group takes one optimizer step; then the weights go learner → rollout
 workers (`weight_sync`: the object store, or a gloo/NCCL broadcast), every `sync_every` steps.
 
-Data: prompts are the feature table's embedded `train_split` rows (frames and atoms, see
-`rollout.prompts_from_features`), truths their lat/lon. Each epoch is a permutation of the training
-clips seeded by (seed, epoch), consumed `prompts_per_step` at a time; generation seeds come from (seed,
-step, worker). The draws are therefore a function of (seed, step), so a checkpoint needs no random state
-beyond its step, and a resumed run draws what an uninterrupted one would have.
+Data: prompts are the feature table's embedded `train_split` rows, turned into frames and atoms by
+`avgeo.reasoning.warmup.mllm_features` (so GRPO prompts exactly as the warm-up trained), truths their
+lat/lon. Each epoch is a permutation of the training clips seeded by (seed, epoch), consumed
+`prompts_per_step` at a time; generation seeds come from (seed, step, worker). The draws are therefore a
+function of (seed, step), so a checkpoint needs no random state beyond its step, and a resumed run draws
+what an uninterrupted one would have.
 
 R_calib's RFM head (`calib_head`) is frozen during GRPO: the method trains it in the prediction stage.
 `tiny` is the serving pipeline's seeded, untrained head over ψ (`avgeo.pipeline.tiny_rfm_recipe`).
@@ -50,14 +51,13 @@ from tqdm import tqdm
 from transformers import AutoConfig
 
 from avgeo.config import ConfigError, save_config
-from avgeo.data.features import embedded_rows, read_features
+from avgeo.data.features import embedded_rows, labels_latlon, read_features
 from avgeo.distributed.learner import POLICY_DIR, Learner, LearnerConfig, LearnerGroup, Reference
-from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker, prompts_from_features
+from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker
 from avgeo.distributed.weight_sync import BroadcastGroupSpec, WeightSyncError
 from avgeo.evaluation import TABLE1_THRESHOLDS_KM
 from avgeo.geo.metrics import errors_km
 from avgeo.perception.checkpoints import TINY, CheckpointError, resolve_checkpoint
-from avgeo.perception.icsae import ICSAE
 from avgeo.pipeline import tiny_rfm_recipe
 from avgeo.prediction.flow import RFMHead
 from avgeo.reasoning.answer import parse_response
@@ -65,6 +65,7 @@ from avgeo.reasoning.checkpoints import resolve_llava
 from avgeo.reasoning.grpo import group_advantages
 from avgeo.reasoning.mllm import MLLMConfig
 from avgeo.reasoning.rewards import RewardConfig
+from avgeo.reasoning.warmup import mllm_features
 from avgeo.runlog import MetricsLog
 
 METRICS_FILE = "metrics.jsonl"
@@ -78,7 +79,7 @@ CHECKPOINTS_DIR = "checkpoints"
 
 _LATEST_FILE = "latest"
 _STATE_FILE = "state.json"
-_FEATURE_COLUMNS = ["clip_id", "split", "lat", "lon", "error", "visual_per_frame", "atoms"]
+_FEATURE_COLUMNS = ["clip_id", "split", "lat", "lon", "error", "visual_per_frame", "atoms", "models"]
 _ROLES = ("learner", "rollout", "reference", "reward")
 
 
@@ -142,8 +143,6 @@ class GRPOConfig:
     mllm: MLLMConfig = field(default_factory=MLLMConfig)
     """The policy: `mllm.model` is the start checkpoint (`tiny` or a warm-up directory) and the frozen
     reference; the rest says how it prompts and samples."""
-    icsae: str = TINY
-    """The IC-SAE that found the feature table's atoms (their soft-token vectors are its kernels)."""
     calib_head: str = TINY
     """R_calib's RFM head over ψ: `tiny` (the pipeline's seeded, untrained head) or a `save_pretrained`
     directory of a head whose cond_dim is the MLLM's ψ width. Frozen during GRPO."""
@@ -289,11 +288,8 @@ def run_grpo(config: GRPOConfig) -> GRPOSummary:
     config.out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, config.out_dir / JOB_CONFIG_FILE)
     metrics_log = MetricsLog(config.out_dir / METRICS_FILE)
-    icsae = ICSAE.from_pretrained(config.icsae)
-    train_prompts = load_prompts(config, config.train_split, icsae)
-    eval_prompts = (
-        load_prompts(config, config.eval_split, icsae, config.eval_clips) if config.eval_clips else None
-    )
+    train_prompts = load_prompts(config, config.train_split)
+    eval_prompts = load_prompts(config, config.eval_split, config.eval_clips) if config.eval_clips else None
     checkpoint = latest_checkpoint(config.out_dir)
     state = TrainState(0, 0) if checkpoint is None else checkpoint[1]
 
@@ -319,7 +315,7 @@ def run_grpo(config: GRPOConfig) -> GRPOSummary:
             metrics_log.write(step=state.step, **metrics)
             progress.set_postfix(reward=f"{metrics['reward_total']:.3f}", kl=f"{metrics['kl']:.4f}")
             if state.step % config.checkpoint_every == 0 or state.step == config.steps:
-                save_checkpoint(roles.learners, config.out_dir, state, config.keep_checkpoints)
+                write_checkpoint(roles.learners, config.out_dir, state, config.keep_checkpoints)
         policy_dir = config.out_dir / POLICY_DIR
         ray.get(roles.learners.ranks[0].save_policy.remote(str(policy_dir)))
         if eval_prompts is not None:
@@ -480,7 +476,7 @@ def generation_seed(seed: int, step: int, worker: int) -> int:
     return int(np.random.SeedSequence([seed, step, worker]).generate_state(1)[0])
 
 
-def load_prompts(config: GRPOConfig, split: str, icsae: ICSAE, max_clips: int | None = None) -> PromptBatch:
+def load_prompts(config: GRPOConfig, split: str, max_clips: int | None = None) -> PromptBatch:
     """The embedded rows of `split` (the first `max_clips`) as prompts."""
     table = embedded_rows(read_features(config.features, columns=_FEATURE_COLUMNS))
     table = table.filter(pc.equal(table["split"], split))
@@ -491,7 +487,8 @@ def load_prompts(config: GRPOConfig, split: str, icsae: ICSAE, max_clips: int | 
         )
     if max_clips is not None:
         table = table.slice(0, max_clips)
-    return prompts_from_features(table, icsae, config.mllm.num_frames, config.mllm.max_atoms)
+    visual_per_frame, atoms = mllm_features(table, config.mllm.num_frames)
+    return PromptBatch(table["clip_id"].to_pylist(), visual_per_frame, atoms, labels_latlon(table))
 
 
 def build_calib_head(config: GRPOConfig) -> RFMHead:
@@ -511,7 +508,7 @@ def start_roles(config: GRPOConfig, calib_head: RFMHead) -> GRPORoles:
     import ray
 
     placement = config.placement
-    groups, options = _placement_options(placement)
+    groups, options = placement_options(placement)
     threads = placement.torch_threads
     prompts_per_rank = config.prompts_per_step // placement.learner_workers
     rollout_workers = [
@@ -542,7 +539,7 @@ def start_roles(config: GRPOConfig, calib_head: RFMHead) -> GRPORoles:
     return GRPORoles(rollout_workers, LearnerGroup(learner_ranks), reference, reward, groups)
 
 
-def _placement_options(placement: PlacementConfig) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
+def placement_options(placement: PlacementConfig) -> tuple[list[Any], dict[str, list[dict[str, Any]]]]:
     """The placement groups, and per role the actor options (resources, bundle) of each of its actors."""
     import ray
     from ray.util.placement_group import placement_group
@@ -597,7 +594,7 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, TrainState] | None:
     return directory, TrainState(**json.loads(state_file.read_text()))
 
 
-def save_checkpoint(learners: LearnerGroup, out_dir: Path, state: TrainState, keep: int) -> Path:
+def write_checkpoint(learners: LearnerGroup, out_dir: Path, state: TrainState, keep: int) -> Path:
     """Write `checkpoints/step_NNNNNN/`, then point `latest` at it (atomically) and delete the oldest."""
     root = out_dir / CHECKPOINTS_DIR
     directory = root / f"step_{state.step:06d}"

@@ -1,7 +1,8 @@
 """The GRPO learner group and the frozen reference policy.
 
 `Learner` is one rank of a data-parallel group that trains the policy with DeepSpeed ZeRO (stage 1 or
-2, with torch's AdamW, so no optimizer op is compiled) over torch.distributed: gloo on CPU, NCCL on GPU.
+2) over torch.distributed: gloo on CPU, NCCL on GPU. The optimizer is torch's AdamW, and on CPU
+DeepSpeed's shared-memory comm op is left out, so nothing is compiled on the fly.
 `Learner.step(rollouts)` is one optimizer step on this rank's share of a GRPO batch, in micro-batches of
 whole prompt groups whose gradients DeepSpeed accumulates and averages across ranks. Each step raises
 the policy version by one. The ratio's π_old is the sampling policy's log-probabilities, which the
@@ -161,6 +162,12 @@ class Learner:
         )
         if self.device == "cuda":
             torch.cuda.set_device(0)
+        else:
+            # On CPU DeepSpeed would JIT-compile a shared-memory all-reduce op here (25 s and more, again
+            # whenever the ninja or compiler on PATH changes); gloo serves the learner's all-reduces as well,
+            # so the op is declared unavailable in DeepSpeed's probe results, a module-level dict it keeps
+            # for such edits.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if self.device == "cuda" else "gloo", verbose=False)
         objective = PolicyLoss(self.policy, self.config)
         optimizer = torch.optim.AdamW(

@@ -1,6 +1,6 @@
-"""The rollout side of GRPO: prompts from the feature table, the rollout worker, rollouts and their rewards.
+"""The rollout side of GRPO: prompt batches, the rollout worker, rollouts and their rewards.
 
-    feature table rows -> PromptBatch -> RolloutWorker.generate -> Rollouts -> RewardFn.score -> rewards
+    PromptBatch -> RolloutWorker.generate -> Rollouts -> RewardFn.score -> rewards
 
 A `RolloutWorker` holds its own copy of the policy: it samples G completions per prompt with transformers'
 `generate`, records each token's log-probability under the sampling policy (the GRPO ratio's π_old) and
@@ -18,14 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from avgeo.data.features import VISUAL_DIM, labels_latlon
 from avgeo.distributed.weight_sync import BroadcastGroupSpec, PolicyWeights, WeightBroadcast
 from avgeo.geo.gazetteer import Gazetteer
-from avgeo.perception.icsae import ICSAE
 from avgeo.prediction.flow import RFMHead
 from avgeo.reasoning.answer import parse_response
 from avgeo.reasoning.mllm import GeoMLLM, MLLMConfig
@@ -68,40 +64,6 @@ class PromptBatch:
             [atoms for batch in batches for atoms in batch.atoms],
             np.concatenate([batch.true_latlon_deg for batch in batches]),
         )
-
-
-def prompts_from_features(table: pa.Table, icsae: ICSAE, num_frames: int, max_atoms: int) -> PromptBatch:
-    """The embedded, labelled rows of a feature table as prompts.
-
-    Every clip's frames are subsampled evenly (first and last kept, as `GeoMLLM.build_inputs` does) to
-    one common T = min(`num_frames`, the fewest frames of any clip), so that prompts batch together. The
-    atoms of all audio windows are sorted strongest first and cut to `max_atoms`; each one's vector is
-    z · W_d[:, kernel] from `icsae`, which must be the dictionary that found them.
-    """
-    if table.num_rows == 0:
-        raise ValueError("no feature rows to prompt with; check the split and that the embedding job ran")
-    frames_column = table["visual_per_frame"].combine_chunks()
-    frame_counts = pc.list_value_length(frames_column).to_numpy()
-    frames = frames_column.flatten().flatten().to_numpy().reshape(-1, VISUAL_DIM)
-    common_t = int(min(num_frames, frame_counts.min()))
-    visual = []
-    for clip_frames in np.split(frames, np.cumsum(frame_counts)[:-1]):
-        picks = np.linspace(0, len(clip_frames) - 1, common_t).round().astype(int)
-        visual.append(clip_frames[picks])
-    dictionary = icsae.dictionary.detach().float()
-    atoms = []
-    for clip_atoms in table["atoms"].to_pylist():
-        strongest = sorted(clip_atoms, key=lambda atom: -atom["strength"])[:max_atoms]
-        atoms.append(
-            [
-                SoundAtom(
-                    atom["class_name"], atom["strength"], atom["strength"] * dictionary[:, atom["kernel"]]
-                )
-                for atom in strongest
-            ]
-        )
-    visual_per_frame = torch.from_numpy(np.stack(visual))
-    return PromptBatch(table["clip_id"].to_pylist(), visual_per_frame, atoms, labels_latlon(table))
 
 
 @dataclass
