@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 JOBS: dict[str, str] = {
+    "mart": "avgeo.distributed.mart:MartConfig:run_mart",
     "embed": "avgeo.distributed.embed:EmbedConfig:run_embed",
     "rfm": "avgeo.distributed.rfm:RFMJobConfig:run_rfm",
     "evaluate": "avgeo.distributed.evaluate:EvaluateConfig:run_evaluate",
