@@ -361,8 +361,9 @@ def grpo_step(
     rollout_s = time.perf_counter() - start_s
 
     rollouts_ref = ray.put(rollouts)
-    rewards = ray.get(roles.reward.score.remote(rollouts_ref))
-    rollouts.ref_logprobs = ray.get(roles.reference.logprobs.remote(rollouts_ref))
+    rewards_ref = roles.reward.score.remote(rollouts_ref)
+    ref_logprobs_ref = roles.reference.logprobs.remote(rollouts_ref)  # runs beside the rewards
+    rewards, rollouts.ref_logprobs = ray.get([rewards_ref, ref_logprobs_ref])
 
     rollouts.advantages = group_advantages(rewards.total, config.group_size)
 
@@ -465,10 +466,12 @@ def evaluate_answers(workers: list[Any], prompts: PromptBatch) -> dict[str, floa
 def step_prompt_indices(step: int, num_prompts: int, config: GRPOConfig) -> np.ndarray:
     """(P,) indices of step `step`'s prompts: epoch e is a permutation of the prompts seeded by (seed, e),
     consumed P at a time across epoch boundaries."""
-    positions = np.arange(step * config.prompts_per_step, (step + 1) * config.prompts_per_step)
-    epochs = {int(e): np.random.default_rng([config.seed, int(e)]).permutation(num_prompts) for e in
-              np.unique(positions // num_prompts)}  # fmt: skip
-    return np.array([epochs[int(p // num_prompts)][p % num_prompts] for p in positions])
+    positions = range(step * config.prompts_per_step, (step + 1) * config.prompts_per_step)
+    orders = {
+        epoch: np.random.default_rng([config.seed, epoch]).permutation(num_prompts)
+        for epoch in {position // num_prompts for position in positions}
+    }
+    return np.array([orders[position // num_prompts][position % num_prompts] for position in positions])
 
 
 def generation_seed(seed: int, step: int, worker: int) -> int:
