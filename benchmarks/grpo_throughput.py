@@ -40,6 +40,7 @@ from avgeo.reasoning.answer import parse_response
 from avgeo.reasoning.mllm import GeoMLLM
 from avgeo.reasoning.prompt import render_prompt
 from avgeo.reasoning.rewards import RewardConfig, r_align, r_geo
+from avgeo.reasoning.tokenizer import ANSWER_CLOSE
 from avgeo.runlog import MetricsLog
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "grpo" / "tiny.yaml"
@@ -62,13 +63,16 @@ def ours(config: GRPOConfig) -> dict[str, float]:
 
 
 def language_model(mllm: GeoMLLM) -> torch.nn.Module:
-    """The MLLM's language model and head as a `LlamaForCausalLM` with the same weights."""
+    """The MLLM's language model and head as a `LlamaForCausalLM` with the same weights and stop tokens."""
     from transformers import LlamaForCausalLM
 
     llama = LlamaForCausalLM(mllm.llava.config.text_config)
     state = {f"model.{k}": v for k, v in mllm.llava.model.language_model.state_dict().items()}
     llama.load_state_dict(state | {"lm_head.weight": mllm.llava.lm_head.weight}, strict=True)
     llama.generation_config.pad_token_id = mllm.tokenizer.pad_token_id
+    # Completions end where ours do: at `</s>` or `</answer>`.
+    stop_ids = [mllm.tokenizer.eos_token_id, mllm.tokenizer.convert_tokens_to_ids(ANSWER_CLOSE)]
+    llama.generation_config.eos_token_id = stop_ids
     return llama
 
 
