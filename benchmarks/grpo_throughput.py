@@ -177,7 +177,13 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("out/features/tiny"), help="feature table")
     parser.add_argument("--model", default="tiny", help="MLLM checkpoint: tiny or a warm-up directory")
     parser.add_argument("--steps", type=int, default=5, help="GRPO steps of each (the first is warm-up)")
-    parser.add_argument("--trl-threads", type=int, default=2, help="torch threads of TRL's one process")
+    parser.add_argument(
+        "--trl-threads",
+        type=int,
+        default=1,
+        help="torch threads of TRL's process (default 1, as each of our actors: with 2 on 2 busy cores the "
+        "tiny model's generation ran 20x slower)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="grpo-bench-") as work:
         work_dir = Path(work)
