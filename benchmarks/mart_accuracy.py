@@ -28,7 +28,13 @@ from avgeo.cli import parse_overrides
 from avgeo.config import load_config
 from avgeo.distributed.mart import FACTORY_FILE, MartConfig, read_mixtures, run_mart
 from avgeo.perception.icsae import ICSAE
-from avgeo.perception.mart import DecompositionAccuracy, decomposition_accuracy, mart_decompose
+from avgeo.perception.mart import (
+    DecompositionAccuracy,
+    constrain_dictionary_,
+    decomposition_accuracy,
+    mart_decompose,
+    shared_direction,
+)
 
 TABLE_HEADER = (
     "| IC-SAE | step 1 | step 2 | step 3 | all steps | whole sequence | class set | train s |\n"
@@ -53,9 +59,13 @@ def row(name: str, accuracy: DecompositionAccuracy, train_s: float | None) -> st
 
 
 def untrained_accuracy(config: MartConfig) -> DecompositionAccuracy:
-    """Algorithm 1 with the dictionary MART starts from, on the held-out mixtures."""
-    heldout = read_mixtures(config.factory_dir(), "heldout", config.factory.mixtures.max_sources)
+    """Algorithm 1 with the dictionary training starts from (constrained as training constrains it)."""
+    max_sources = config.factory.mixtures.max_sources
+    heldout = read_mixtures(config.factory_dir(), "heldout", max_sources)
     model = ICSAE.from_pretrained(config.train.initial_icsae)
+    if config.train.orthogonal_to_shared:
+        train_mixtures = read_mixtures(config.factory_dir(), "train", max_sources).mixtures
+        constrain_dictionary_(model, shared_direction(train_mixtures))
     with torch.no_grad():
         predicted = mart_decompose(model, heldout.mixtures, heldout.classes.shape[1])
     return decomposition_accuracy(predicted, heldout.classes)

@@ -502,37 +502,17 @@ def _train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     start_epoch = _restore(engine, config)
     if rank == 0 and start_epoch:
         print(f"{config.run_name}: resuming after epoch {start_epoch} of {train.epochs}")
-    loss_fn = mart_loss if train.objective == "mart" else standard_sae_loss
     metrics_log = MetricsLog(config.out_dir / METRICS_FILE) if rank == 0 else None
     final_loss = None
     for epoch in range(start_epoch, train.epochs):
         epoch_start_s = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(train.seed + epoch))
-        share = order[rank : len(order) - len(order) % world_size : world_size]  # equal shares: equal steps
-        totals = torch.zeros(4, dtype=torch.float64)
-        for first in range(0, len(share), train.batch_size):
-            batch = train_set[share[first : first + train.batch_size]].to(device)
-            loss = loss_fn(
-                model,
-                batch,
-                teacher_forcing=train.selection == "teacher_forcing",
-                reconstruction_weight=train.reconstruction_weight,
-                logit_scale=train.logit_scale,
-            )
-            engine.backward(loss.total)
-            engine.step()
-            _constrain(model, direction)
-            parts = (
-                torch.stack([loss.total, loss.classification, loss.reconstruction]).detach().double().cpu()
-            )
-            totals += torch.cat([parts * len(batch), torch.tensor([len(batch)], dtype=torch.float64)])
-        totals = totals.to(device)
-        torch.distributed.all_reduce(totals)
-        loss_total, classification, reconstruction = (totals[:3] / totals[3]).tolist()
-        final_loss = loss_total
+        share = _epoch_share(len(train_set), train.seed + epoch, rank, world_size)
+        final_loss, classification, reconstruction = _train_epoch(
+            engine, model, train_set[share], train, direction, device
+        )
         metrics = {
             "epoch": epoch + 1,
-            "loss": loss_total,
+            "loss": final_loss,
             "classification": classification,
             "reconstruction": reconstruction,
             "epoch_s": time.perf_counter() - epoch_start_s,
@@ -541,7 +521,7 @@ def _train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
             metrics |= _heldout_metrics(model, heldout, train.objective)
             metrics_log.write(step=epoch + 1, **metrics)
             print(
-                f"{config.run_name}: epoch {epoch + 1}/{train.epochs} loss {loss_total:.4f} "
+                f"{config.run_name}: epoch {epoch + 1}/{train.epochs} loss {final_loss:.4f} "
                 f"held-out step accuracy {100 * metrics['heldout_step_accuracy']:.1f}%"
             )
         _report(engine, model, metrics, rank)
@@ -557,6 +537,42 @@ def _train_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
         "final_loss": final_loss,
         "heldout": dataclasses.asdict(accuracy),
     }
+
+
+def _epoch_share(num_rows: int, seed: int, rank: int, world_size: int) -> torch.Tensor:
+    """This worker's rows of the epoch's shuffled order; every worker gets as many (so as many steps)."""
+    order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
+    return order[rank : num_rows - num_rows % world_size : world_size]
+
+
+def _train_epoch(
+    engine: Any,
+    model: ICSAE,
+    rows: MixtureBatch,
+    train: TrainConfig,
+    direction: torch.Tensor | None,
+    device: torch.device,
+) -> list[float]:
+    """One pass over this worker's rows; the mean loss, classification and reconstruction over every
+    worker's mixtures."""
+    loss_fn = mart_loss if train.objective == "mart" else standard_sae_loss
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # total, classification, reconstruction, rows
+    for first in range(0, len(rows), train.batch_size):
+        batch = rows[first : first + train.batch_size].to(device)
+        loss = loss_fn(
+            model,
+            batch,
+            teacher_forcing=train.selection == "teacher_forcing",
+            reconstruction_weight=train.reconstruction_weight,
+            logit_scale=train.logit_scale,
+        )
+        engine.backward(loss.total)
+        engine.step()
+        _constrain(model, direction)
+        parts = torch.stack([loss.total, loss.classification, loss.reconstruction]).detach().double()
+        sums += torch.cat([parts * len(batch), parts.new_tensor([len(batch)])])
+    torch.distributed.all_reduce(sums)
+    return (sums[:3] / sums[3]).tolist()
 
 
 def _constrain(model: ICSAE, direction: torch.Tensor | None) -> None:
