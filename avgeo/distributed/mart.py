@@ -3,6 +3,9 @@
     range(mixture ids) -> render + mix (CPU tasks) -> encode (CLAP actor pool) -> Parquet cache
     cache -> TorchTrainer (DeepSpeed ZeRO workers) -> a checkpoint per epoch -> <out_dir>/icsae/
 
+(When both stages ask for the same resources, as in the tiny config, Ray Data fuses the render into the
+encoder actors; on a cluster the render runs on CPU nodes and the encoders hold GPUs.)
+
 Data factory. Mixture i is a pure function of (factory seed, i): `plan_mixture` and `render_mixture`
 (`avgeo.perception.mart`) draw from `np.random.default_rng([seed, i])`, so the rows do not depend on
 batching or worker counts. Ids below `num_train` are the training split, the next `num_heldout` the

@@ -15,6 +15,9 @@ Objectives, on those cached embeddings (`MixtureBatch`):
   are the decomposition; it is trained with the same per-step cross-entropy (step k's scores are the
   mixture's class scores with the earlier true classes removed) and to reconstruct the mixture from its
   K atoms, as a standard SAE reconstructs its input.
+Both multiply class scores by `logit_scale` before the cross-entropy (argmaxes do not change), and both
+train a dictionary kept orthogonal to the embeddings' shared direction (`constrain_dictionary_`), on
+embeddings with that direction removed (`MixtureBatch.without_direction`).
 
 Evaluation: `decomposition_accuracy` compares predicted class sequences with the true ones, per step and
 for whole sequences; `mart_decompose` and `standard_sae_decompose` produce those sequences.
