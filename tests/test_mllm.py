@@ -410,7 +410,7 @@ def test_nothing_is_fetched_while_offline(model, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     GeoMLLM.from_pretrained("tiny", model.config)
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):
-        GeoMLLM.from_pretrained("llava-hf/llava-1.5-7b-hf")
+        GeoMLLM.from_pretrained("example-org/llava-style-7b")  # any hub id: refused offline, typed
     assert connections == []
 
 
