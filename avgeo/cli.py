@@ -20,8 +20,12 @@ JOBS: dict[str, str] = {
     "rfm": "avgeo.distributed.rfm:RFMJobConfig:run_rfm",
     "evaluate": "avgeo.distributed.evaluate:EvaluateConfig:run_evaluate",
     "grpo": "avgeo.distributed.grpo:GRPOConfig:run_grpo",
+    "geotag": "avgeo.distributed.geotag:GeotagConfig:run_geotag",
 }
 """Job subcommands: name -> "module:ConfigClass:run_function"; `jobs/<name>.py` runs the same function."""
+
+OWN_FORM_JOBS = ("geotag",)
+"""Jobs whose subcommand has its own arguments besides --config and --set (the same config underneath)."""
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -40,8 +44,23 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, seed=args.seed)
 
 
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, help="the job's YAML config")
+def _geotag(args: argparse.Namespace) -> None:
+    from avgeo.distributed.geotag import GeotagConfig, run_geotag
+
+    # Not through --set: INPUT and OUT are paths, which YAML would misread (a glob like `[ab]*.mp4`).
+    fixed = {"input": args.input, "out_dir": str(args.out)}
+    if args.heatmaps:
+        fixed["heatmaps"] = True
+    run_job(GeotagConfig, run_geotag, args, **fixed)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=config_required,
+        help="the job's YAML config" + ("" if config_required else " (default: the tiny models)"),
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -63,17 +82,18 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def run_job(config_cls: type, run: Callable[[Any], Any], args: argparse.Namespace) -> Any:
+def run_job(config_cls: type, run: Callable[[Any], Any], args: argparse.Namespace, **fixed: Any) -> Any:
     """Load and validate the config named on the command line, then run the job's library function.
 
-    A bad config ends the process with the error's message (exit status 2), not a traceback.
+    `fixed` sets config keys from the subcommand's own arguments, over the file and `--set`. A bad config
+    ends the process with the error's message (exit status 2), not a traceback.
     """
     from avgeo.config import ConfigError, load_config
 
     try:
-        config = load_config(config_cls, args.config, **parse_overrides(args.overrides))
+        config = load_config(config_cls, args.config, **{**parse_overrides(args.overrides), **fixed})
     except ConfigError as err:
-        print(f"{args.config}: {err}", file=sys.stderr)
+        print(f"{args.config or args.command}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return run(config)
 
@@ -108,9 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     for name in JOBS:
+        if name in OWN_FORM_JOBS:
+            continue
         job = commands.add_parser(name, help=f"run the {name} job (as jobs/{name}.py does)")
         add_job_arguments(job)
         job.set_defaults(run=_job)
+
+    geotag = commands.add_parser(
+        "geotag", help="geotag every video of a folder, glob or manifest (as jobs/geotag.py does)"
+    )
+    geotag.add_argument("input", help="folder, glob or manifest (.parquet/.csv), local or a URI (s3://…)")
+    geotag.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
+    geotag.add_argument("--heatmaps", action="store_true", help="also write a density PNG per clip")
+    add_job_arguments(geotag, config_required=False)
+    geotag.set_defaults(run=_geotag)
     return parser
 
 

@@ -19,7 +19,6 @@ of adding a second copy of the rows.
 from __future__ import annotations
 
 import collections
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,8 +30,7 @@ import pyarrow.compute as pc
 import ray
 import ray.data
 
-from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
-from avgeo.data.errors import DecodeError
+from avgeo.data.decode import DecodeConfig
 from avgeo.data.features import (
     FEATURES_SCHEMA,
     MODEL_FIELDS,
@@ -43,6 +41,17 @@ from avgeo.data.features import (
     write_features,
 )
 from avgeo.data.manifest import read_manifest
+from avgeo.distributed.data_stages import (
+    DECODED_COLUMNS,
+    WRITE_NUM_CPUS,
+    StageResources,
+    actor_pool_options,
+    content_file_name,
+    decode_or_error,
+    input_dataset,
+    ok_rows,
+    stage_device,
+)
 from avgeo.runlog import MetricsLog
 
 MANIFEST_COLUMNS = ("clip_id", "video_path", "split", "lat", "lon")
@@ -57,32 +66,6 @@ _STAGE_COLUMNS = {
     "icsae": ("atoms", "atom_class_strength"),
 }
 """The feature columns each model stage adds."""
-
-_WRITE_NUM_CPUS = 0.25
-"""CPUs reserved per Parquet-writing task: it only serialises, and must not starve the stages upstream."""
-
-
-@dataclass
-class StageResources:
-    """Ray resources and batching of one pipeline stage."""
-
-    num_cpus: float = 0.5
-    """CPUs reserved per task or actor. Fractions let stages share cores: on a 2-core machine, whole-CPU
-    actor pools keep the decode tasks from ever running (Ray Data then stalls)."""
-    num_gpus: float = 0.0
-    """GPUs per actor (fractions share a GPU); above 0 the stage's model runs on CUDA."""
-    pool_size: int = 1
-    """Actors in the stage's pool; for the decode stage, the most decode tasks running at once."""
-    batch_size: int = 8
-    """Clips per batch handed to a task or actor (encoders share their forward passes across a batch)."""
-
-    def __post_init__(self) -> None:
-        if self.num_cpus < 0 or self.num_gpus < 0:
-            raise ValueError(f"num_cpus and num_gpus must be >= 0, got {self.num_cpus}, {self.num_gpus}")
-        if self.pool_size < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"pool_size and batch_size must be >= 1, got {self.pool_size}, {self.batch_size}"
-            )
 
 
 @dataclass
@@ -213,66 +196,45 @@ def build_dataset(pending: pa.Table, config: EmbedConfig) -> ray.data.Dataset:
     Output rows: `file` (name in out_dir), `rows` (rows in it), `error_types` (one entry per error row).
     """
 
-    def actor_pool(stage: StageResources) -> dict[str, Any]:
-        return {
-            "batch_format": "pyarrow",
-            "batch_size": stage.batch_size,
-            "num_cpus": stage.num_cpus,
-            "num_gpus": stage.num_gpus,
-            "compute": ray.data.ActorPoolStrategy(size=stage.pool_size),
-        }
-
     common = {"torch_threads": config.torch_threads}
-    # One block per decode batch, so decode tasks run in parallel from the start. Slicing here rather
-    # than `repartition`: its shuffle task wants a whole CPU, which the actor pools may already hold.
-    batch_size = config.decode_stage.batch_size
-    blocks = [pending.slice(first, batch_size) for first in range(0, pending.num_rows, batch_size)]
-    dataset = ray.data.from_arrow(blocks)
-    dataset = dataset.map_batches(
-        decode_batch,
-        fn_kwargs={"config": config.decode},
-        batch_format="pyarrow",
-        batch_size=config.decode_stage.batch_size,
-        num_cpus=config.decode_stage.num_cpus,
-        compute=ray.data.TaskPoolStrategy(size=config.decode_stage.pool_size),
-    )
+    dataset = input_dataset(pending, config.decode_stage, config.decode)
     dataset = dataset.map_batches(
         VisualStage,
         fn_constructor_kwargs={
             "model": config.visual_model,
-            "device": _device(config.visual_stage),
+            "device": stage_device(config.visual_stage),
             "frames_per_forward": config.frames_per_forward,
             **common,
         },
-        **actor_pool(config.visual_stage),
+        **actor_pool_options(config.visual_stage),
     )
     dataset = dataset.map_batches(
         AudioStage,
         fn_constructor_kwargs={
             "model": config.audio_model,
-            "device": _device(config.audio_stage),
+            "device": stage_device(config.audio_stage),
             "hop_s": config.hop_s,
             "windows_per_forward": config.windows_per_forward,
             **common,
         },
-        **actor_pool(config.audio_stage),
+        **actor_pool_options(config.audio_stage),
     )
     dataset = dataset.map_batches(
         AtomStage,
         fn_constructor_kwargs={
             "model": config.icsae_model,
-            "device": _device(config.icsae_stage),
+            "device": stage_device(config.icsae_stage),
             "num_atoms": config.num_atoms,
             **common,
         },
-        **actor_pool(config.icsae_stage),
+        **actor_pool_options(config.icsae_stage),
     )
     return dataset.map_batches(
         write_batch,
         fn_kwargs={"out_dir": str(config.out_dir)},
         batch_format="pyarrow",
         batch_size=config.rows_per_file,
-        num_cpus=_WRITE_NUM_CPUS,
+        num_cpus=WRITE_NUM_CPUS,
     )
 
 
@@ -285,11 +247,13 @@ def embed_in_process(rows: pa.Table, config: EmbedConfig) -> pa.Table:
     from avgeo.perception.embedder import AtomFeaturizer, AudioFeaturizer, ClipEmbedder, VisualFeaturizer
 
     embedder = ClipEmbedder(
-        VisualFeaturizer.load(config.visual_model, _device(config.visual_stage), config.frames_per_forward),
-        AudioFeaturizer.load(
-            config.audio_model, _device(config.audio_stage), config.hop_s, config.windows_per_forward
+        VisualFeaturizer.load(
+            config.visual_model, stage_device(config.visual_stage), config.frames_per_forward
         ),
-        AtomFeaturizer.load(config.icsae_model, config.num_atoms, _device(config.icsae_stage)),
+        AudioFeaturizer.load(
+            config.audio_model, stage_device(config.audio_stage), config.hop_s, config.windows_per_forward
+        ),
+        AtomFeaturizer.load(config.icsae_model, config.num_atoms, stage_device(config.icsae_stage)),
     )
     feature_rows = []
     for batch in rows.select(list(MANIFEST_COLUMNS)).to_batches(max_chunksize=config.visual_stage.batch_size):
@@ -310,39 +274,6 @@ def embed_in_process(rows: pa.Table, config: EmbedConfig) -> pa.Table:
     return features_table(feature_rows)
 
 
-def decode_or_error(video_path: str | Path, config: DecodeConfig) -> tuple[DecodedClip | None, str | None]:
-    """`decode_clip`, with a bad clip's DecodeError returned as its `error` value instead of raised:
-    "<ErrorType>: <message>"."""
-    try:
-        return decode_clip(video_path, config), None
-    except DecodeError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def decode_batch(batch: pa.Table, config: DecodeConfig) -> pa.Table:
-    """Decode each row's `video_path`; adds `frames`, `frames_shape`, `audio` (null on error rows),
-    `error` and `decode_s`."""
-    frames, frames_shape, audio, errors, decode_s = [], [], [], [], []
-    for video_path in batch["video_path"].to_pylist():
-        start_s = time.perf_counter()
-        clip, error = decode_or_error(video_path, config)
-        decode_s.append(time.perf_counter() - start_s)
-        errors.append(error)
-        frames.append(None if clip is None else clip.frames.tobytes())
-        frames_shape.append(None if clip is None else list(clip.frames.shape))
-        audio.append(None if clip is None else clip.audio.tobytes())
-    new_columns = {
-        "frames": pa.array(frames, pa.large_binary()),
-        "frames_shape": pa.array(frames_shape, pa.list_(pa.int32())),
-        "audio": pa.array(audio, pa.large_binary()),
-        "error": pa.array(errors, pa.string()),
-        "decode_s": pa.array(decode_s, pa.float32()),
-    }
-    for name, column in new_columns.items():
-        batch = batch.append_column(name, column)
-    return batch
-
-
 class VisualStage:
     """Actor: frames -> `visual_per_frame`, `visual_mean`, `visual_model`, `visual_s`; drops the frames."""
 
@@ -355,7 +286,7 @@ class VisualStage:
         self.featurizer = VisualFeaturizer.load(model, device, frames_per_forward)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = _embedded_rows(batch)
+        rows = ok_rows(batch)
         frames = [
             np.frombuffer(batch["frames"][row].as_py(), np.uint8).reshape(batch["frames_shape"][row].as_py())
             for row in rows
@@ -363,7 +294,7 @@ class VisualStage:
         start_s = time.perf_counter()
         features = self.featurizer(frames)
         stage_s = time.perf_counter() - start_s
-        batch = batch.drop_columns(["frames", "frames_shape"])
+        batch = batch.drop_columns([name for name in DECODED_COLUMNS if name != "audio"])
         return _append_stage(batch, rows, features, "visual", self.featurizer.model, stage_s)
 
 
@@ -382,7 +313,7 @@ class AudioStage:
         self.featurizer = AudioFeaturizer.load(model, device, hop_s, windows_per_forward)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = _embedded_rows(batch)
+        rows = ok_rows(batch)
         # np.frombuffer views immutable bytes; torch wants writable memory, hence the copy.
         waveforms = [np.frombuffer(batch["audio"][row].as_py(), np.float32).copy() for row in rows]
         start_s = time.perf_counter()
@@ -404,7 +335,7 @@ class AtomStage:
         self.featurizer = AtomFeaturizer.load(model, num_atoms, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = _embedded_rows(batch)
+        rows = ok_rows(batch)
         dim = FEATURES_SCHEMA.field("audio_projection").type.value_type.list_size
         projections = [
             np.asarray(batch["audio_projection"][row].values.flatten(), np.float32).reshape(-1, dim)
@@ -430,9 +361,8 @@ def write_batch(batch: pa.Table, out_dir: str) -> pa.Table:
     batch = batch.append_column("models", feature_column("models", models))
     batch = batch.append_column("timings", feature_column("timings", timings))
     table = batch.select(FEATURES_SCHEMA.names)
-    clip_ids = sorted(table["clip_id"].to_pylist())
     # Named by content: a retried task rewrites the same file rather than adding a copy of its rows.
-    name = f"part-{hashlib.sha256(chr(0).join(clip_ids).encode()).hexdigest()[:16]}.parquet"
+    name = content_file_name(table["clip_id"].to_pylist())
     write_features(table, Path(out_dir) / name)
     error_types = [error.split(":", 1)[0] for error in table["error"].to_pylist() if error is not None]
     return pa.table(
@@ -444,19 +374,10 @@ def write_batch(batch: pa.Table, out_dir: str) -> pa.Table:
     )
 
 
-def _device(stage: StageResources) -> str:
-    return "cuda" if stage.num_gpus > 0 else "cpu"
-
-
 def _in_output(manifest: pa.Table, out_dir: Path) -> pa.ChunkedArray:
     """(N,) bool: whether each manifest row's clip already has a row in `out_dir`'s feature files."""
     done_ids = read_features(out_dir, columns=["clip_id"])["clip_id"].combine_chunks()
     return pc.is_in(manifest["clip_id"], value_set=done_ids)
-
-
-def _embedded_rows(batch: pa.Table) -> list[int]:
-    """Indices of the batch's rows that decoded (no `error`)."""
-    return np.flatnonzero(pc.is_null(batch["error"]).to_numpy(zero_copy_only=False)).tolist()
 
 
 def _append_stage(
