@@ -17,6 +17,9 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 from ray.serve.schema import ServeDeploySchema
 from torch.utils.flop_counter import FlopCounterMode
 
+from avgeo.config import load_config
+from avgeo.distributed.grpo import GRPOConfig
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -237,19 +240,34 @@ def test_rayjob_runs_grpo_from_the_image_project_and_tears_down():
     assert spec["shutdownAfterJobFinishes"] is True
     assert yaml.safe_load(spec["runtimeEnvYAML"]) == {"working_dir": IMAGE_PROJECT_DIR}
 
+    # The job's GPU actors fill the cluster's GPUs exactly: none left idle, none waiting for a GPU.
+    placement = load_config(GRPOConfig, REPO / "configs" / "grpo" / "h100.yaml").placement
+    wanted = (
+        placement.learner_workers * placement.learner.num_gpus
+        + placement.rollout_workers * placement.rollout.num_gpus
+        + placement.reference.num_gpus
+        + placement.reward.num_gpus
+    )
+    groups = spec["rayClusterSpec"]["workerGroupSpecs"]
+    provided = sum(
+        g["replicas"] * g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)
+        for g in groups
+    )
+    assert wanted == provided
 
-def test_rayservice_serves_the_serve_app_with_zero_downtime_upgrades():
+
+def test_rayservice_serves_the_h100_serve_config_with_zero_downtime_upgrades():
     (rayservice,) = _manifests("rayservice.yaml")
     assert rayservice["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
-    deployed = ServeDeploySchema.model_validate(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
-    serve_config = REPO / "serve" / "config.yaml"
-    if serve_config.exists():
-        expected = ServeDeploySchema.model_validate(yaml.safe_load(serve_config.read_text()))
-        assert [(a.name, a.import_path, a.route_prefix) for a in deployed.applications] == [
-            (a.name, a.import_path, a.route_prefix) for a in expected.applications
-        ]
-    else:
-        assert [a.import_path for a in deployed.applications] == ["serve.app:app"]
+    deployed = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(deployed)
+    h100 = yaml.safe_load((REPO / "serve" / "h100.yaml").read_text())
+    assert deployed["applications"] == h100["applications"], "serveConfigV2 drifted from serve/h100.yaml"
+    gpus = {
+        d["name"]: d["ray_actor_options"].get("num_gpus", 0)
+        for d in deployed["applications"][0]["deployments"]
+    }
+    assert gpus["Reasoning"] == 1 and 0 < gpus["Perception"] < 1 and gpus["Ingress"] == 0
 
 
 def test_every_placeholder_in_the_cluster_files_is_documented():

@@ -114,8 +114,9 @@ def _post(endpoint: str, path: str, name: str | None = None, heatmap: bool = Fal
         )
 
 
-def test_config_validates_against_serve_schemas():
-    raw = yaml.safe_load(SERVE_CONFIG.read_text())
+@pytest.mark.parametrize("path", [SERVE_CONFIG, SERVE_CONFIG.with_name("h100.yaml")], ids=lambda p: p.name)
+def test_config_validates_against_serve_schemas(path):
+    raw = yaml.safe_load(path.read_text())
     config = ServeDeploySchema.model_validate(raw)
     (application,) = config.applications
     assert (application.name, application.import_path, application.route_prefix) == (
