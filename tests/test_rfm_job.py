@@ -17,11 +17,15 @@ from avgeo.distributed.rfm import (
     model_entries,
     read_model_entry,
     run_rfm,
+    save_trained_model,
     training_rows,
 )
 from avgeo.geo.s2cells import cell_tokens
 from avgeo.geo.sphere import latlon_to_xyz
 from avgeo.prediction.flow import RFMHead
+from avgeo.prediction.heads import FlowHead
+from avgeo.prediction.vector_field import RFMConfig
+from avgeo.reasoning.mllm import MLLMConfig
 from avgeo.runlog import MetricsLog
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "rfm"
@@ -122,6 +126,20 @@ def test_config_refuses_fields_the_job_derives_and_unknown_keys(tmp_path):
         load_config(RFMJobConfig, {"features": "f.parquet", "head": "regression"}).name
         == "regression-audiovisual"
     )
+    # ψ comes from greedy completions: the default mllm decodes greedily, a given section must say so.
+    psi = load_config(RFMJobConfig, {"features": "f.parquet", "feature_kind": "psi"})
+    assert (psi.name, psi.mllm.temperature) == ("rfm-psi", 0.0)
+    with pytest.raises(ConfigError, match=r"mllm\.temperature=1\.0: ψ comes from greedy completions"):
+        load_config(RFMJobConfig, {"features": "f.parquet", "feature_kind": "psi", "mllm": {"model": "tiny"}})
+
+
+def test_a_psi_model_entry_names_its_mllm(tmp_path):
+    head = FlowHead(RFMConfig(cond_dim=128, width=8, cond_embed_dim=4))
+    save_trained_model(tmp_path / "psi", head, "psi", {"mllm": {"model": "warm", "temperature": 0.0}})
+    assert read_model_entry(tmp_path / "psi").mllm == MLLMConfig(model="warm", temperature=0.0)
+    save_trained_model(tmp_path / "bare", head, "psi", {})
+    with pytest.raises(ConfigError, match="a psi model without its `mllm`"):
+        read_model_entry(tmp_path / "bare")
 
 
 def test_training_rows_are_the_embedded_train_split(features_path, tmp_path):

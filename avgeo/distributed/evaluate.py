@@ -6,7 +6,10 @@
 Rows: every trained model (head × feature kind); for each probabilistic head type, the late fusion of
 each visual-only model with each audio-only model (`audio` or `atoms`); and, when asked, GeoCLIP's own
 gallery prediction, which reads the visual features (GeoCLIP image features in every checkpoint).
-Each task reads the feature table itself (a shared path on a cluster).
+Each task reads the feature table itself (a shared path on a cluster). A model over ψ (`feature_kind:
+psi`) is scored on the test clips' ψ under the MLLM its `model.json` names, computed as the Geolocator
+does and cached under `<out_dir>/psi/` (`avgeo.psi.cached_psi`); it sits in the Audiovisual group, as ψ
+reads both the frames and the atoms.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from avgeo.evaluation import GROUP_OF_FEATURE_KIND, EvaluationRow, evaluate_pred
 from avgeo.prediction.baselines import GalleryPredictor, LateFusion
 from avgeo.prediction.heads import GeoPredictor
 from avgeo.prediction.heatmap import plot_density, predictor_log_density_fn
+from avgeo.psi import PSI, PSI_INPUT_COLUMNS, cached_psi, load_reasoning_stage, read_psi
 
 MARKDOWN_FILE = "tables.md"
 """Table 1 and Table 3 layouts, as printed."""
@@ -39,6 +43,12 @@ JSON_FILE = "tables.json"
 
 HEATMAP_DIR = "heatmaps"
 """PNG densities of the first test clips, one file per (row, clip)."""
+
+PSI_DIR = "psi"
+"""Folder under `out_dir` caching the test clips' ψ per MLLM (`avgeo.psi.cached_psi` files)."""
+
+GROUP_OF_INPUT = {**GROUP_OF_FEATURE_KIND, PSI: "Audiovisual"}
+"""The Table 1 group of a model by what it reads: ψ is computed from the frames and the atoms."""
 
 
 @dataclass
@@ -68,6 +78,9 @@ class EvaluateConfig:
 
     batch_size: int = 256
     """Clips per prediction call."""
+
+    psi_batch_size: int = 16
+    """Clips per MLLM call while computing the test clips' ψ for a `psi` model."""
 
     late_fusion: bool = True
     """Add a late-fusion row for every visual-only × audio-only pair of one probabilistic head type."""
@@ -101,8 +114,11 @@ class EvaluateConfig:
             raise ConfigError(
                 f"samples_per_clip {self.samples_per_clip} must be in [1, num_samples = {self.num_samples}]"
             )
-        if self.prdc_k < 1 or self.batch_size < 1 or self.gallery_top_k < 1 or self.torch_threads < 1:
-            raise ConfigError("prdc_k, batch_size, gallery_top_k and torch_threads must be >= 1")
+        positive = (self.prdc_k, self.batch_size, self.psi_batch_size, self.gallery_top_k, self.torch_threads)
+        if min(positive) < 1:
+            raise ConfigError(
+                "prdc_k, batch_size, psi_batch_size, gallery_top_k and torch_threads must be >= 1"
+            )
         if self.heatmap_clips < 0 or self.cpus_per_task < 0 or self.gpus_per_task < 0:
             raise ConfigError("heatmap_clips, cpus_per_task and gpus_per_task must be >= 0")
         if self.geoclip_gallery_size is not None and self.geoclip_gallery_size < 1:
@@ -188,9 +204,7 @@ def row_specs(config: EvaluateConfig) -> list[RowSpec]:
     """The rows to evaluate: registered models sorted by name, then late-fusion pairs, then the gallery."""
     entries = model_entries(config.models_dir)
     specs = [
-        RowSpec(
-            entry.name, GROUP_OF_FEATURE_KIND[entry.feature_kind], "model", (entry,), (entry.feature_kind,)
-        )
+        RowSpec(entry.name, GROUP_OF_INPUT[entry.feature_kind], "model", (entry,), (entry.feature_kind,))
         for entry in entries
     ]
     if config.late_fusion:
@@ -205,7 +219,7 @@ def row_specs(config: EvaluateConfig) -> list[RowSpec]:
             for visual in entries
             for audio in entries
             if visual.feature_kind == "visual"
-            and GROUP_OF_FEATURE_KIND[audio.feature_kind] == "Audio-only"
+            and GROUP_OF_INPUT[audio.feature_kind] == "Audio-only"
             and visual.head_type == audio.head_type
             and HEAD_TYPES[visual.head_type].has_density
         ]
@@ -218,8 +232,11 @@ def evaluate_row(spec: RowSpec, config: EvaluateConfig) -> tuple[EvaluationRow, 
     """Score one row on the test clips and draw its heatmaps (runs as a Ray task, or anywhere)."""
     torch.set_num_threads(config.torch_threads)
     device = "cuda" if config.gpus_per_task > 0 else "cpu"
-    table = _test_rows(config)
-    blocks = [feature_matrix(table, kind) for kind in spec.feature_kinds]
+    table = _test_rows(config, with_psi_inputs=PSI in spec.feature_kinds)
+    blocks = [
+        _test_psi(spec.models[0], table, config, device) if kind == PSI else feature_matrix(table, kind)
+        for kind in spec.feature_kinds
+    ]
     features = torch.from_numpy(np.concatenate(blocks, axis=1))
     truth_latlon_deg = labels_latlon(table)
     predictor = _build_predictor(spec, config, device, first_block_width=blocks[0].shape[1])
@@ -269,8 +286,16 @@ def _build_predictor(
     )
 
 
-def _test_rows(config: EvaluateConfig) -> pa.Table:
-    table = embedded_rows(read_features(config.features, columns=["clip_id", *FEATURE_COLUMNS]))
+def _test_psi(entry: ModelEntry, table: pa.Table, config: EvaluateConfig, device: str) -> np.ndarray:
+    """(N, H) ψ of the test clips under the MLLM that `entry`, a psi model, was trained on."""
+    stage = load_reasoning_stage(entry.mllm, device)
+    psi_file = cached_psi(stage, table, config.out_dir / PSI_DIR, config.psi_batch_size)
+    return read_psi(psi_file, table["clip_id"].to_pylist())
+
+
+def _test_rows(config: EvaluateConfig, with_psi_inputs: bool = False) -> pa.Table:
+    columns = [*FEATURE_COLUMNS, *PSI_INPUT_COLUMNS] if with_psi_inputs else ["clip_id", *FEATURE_COLUMNS]
+    table = embedded_rows(read_features(config.features, columns=columns))
     table = table.filter(pc.equal(table["split"], config.split))
     if table.num_rows == 0:
         raise ConfigError(

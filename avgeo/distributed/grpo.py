@@ -19,8 +19,10 @@ lat/lon. Each epoch is a permutation of the training clips seeded by (seed, epoc
 function of (seed, step), so a checkpoint needs no random state beyond its step, and a resumed run draws
 what an uninterrupted one would have.
 
-R_calib's RFM head (`calib_head`) is frozen during GRPO: the method trains it in the prediction stage.
-`tiny` is the serving pipeline's seeded, untrained head over ψ (`avgeo.pipeline.tiny_rfm_recipe`).
+R_calib's RFM head (`calib_head`) is frozen during GRPO: the method trains it in the prediction stage,
+i.e. the rfm job with `feature_kind: psi` on the start policy's ψ (then R_calib varies with how well ψ
+places each clip). `tiny` is the serving pipeline's seeded, untrained head over ψ
+(`avgeo.pipeline.tiny_rfm_recipe`), under which R_calib is nearly constant.
 
 Placement (`placement.strategy`): `colocated` puts one bundle per actor of every role into a single
 STRICT_PACK placement group (one node; roles share its GPUs through fractional `num_gpus`); `split`
@@ -53,6 +55,7 @@ from transformers import AutoConfig
 from avgeo.config import ConfigError, save_config
 from avgeo.data.features import embedded_rows, labels_latlon, read_features
 from avgeo.distributed.learner import POLICY_DIR, Learner, LearnerConfig, LearnerGroup, Reference
+from avgeo.distributed.rfm import MODEL_FILE, read_model_entry
 from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker
 from avgeo.distributed.weight_sync import BroadcastGroupSpec, WeightSyncError
 from avgeo.evaluation import TABLE1_THRESHOLDS_KM
@@ -60,6 +63,7 @@ from avgeo.geo.metrics import errors_km
 from avgeo.perception.checkpoints import TINY, CheckpointError, resolve_checkpoint
 from avgeo.pipeline import tiny_rfm_recipe
 from avgeo.prediction.flow import RFMHead
+from avgeo.psi import PSI
 from avgeo.reasoning.answer import parse_response
 from avgeo.reasoning.checkpoints import resolve_llava
 from avgeo.reasoning.grpo import group_advantages
@@ -144,8 +148,8 @@ class GRPOConfig:
     """The policy: `mllm.model` is the start checkpoint (`tiny` or a warm-up directory) and the frozen
     reference; the rest says how it prompts and samples."""
     calib_head: str = TINY
-    """R_calib's RFM head over ψ: `tiny` (the pipeline's seeded, untrained head) or a `save_pretrained`
-    directory of a head whose cond_dim is the MLLM's ψ width. Frozen during GRPO."""
+    """R_calib's RFM head over ψ: `tiny` (the pipeline's seeded, untrained head), a `psi` model of the rfm
+    job, or a `save_pretrained` directory of a head whose cond_dim is the MLLM's ψ width. Frozen."""
     rewards: RewardConfig = field(default_factory=RewardConfig)
     """Reward weights."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
@@ -495,9 +499,16 @@ def load_prompts(config: GRPOConfig, split: str, max_clips: int | None = None) -
 
 
 def build_calib_head(config: GRPOConfig) -> RFMHead:
-    """R_calib's frozen RFM head over ψ (`config.calib_head`), checked against the MLLM's ψ width."""
+    """R_calib's frozen RFM head over ψ (`config.calib_head`), checked against the MLLM's ψ width and, for a
+    model of the rfm job, its input."""
     psi_dim = AutoConfig.from_pretrained(resolve_llava(config.mllm.model)).text_config.hidden_size
-    head = RFMHead.from_pretrained(resolve_checkpoint(config.calib_head, tiny_rfm_recipe(psi_dim)))
+    directory = Path(resolve_checkpoint(config.calib_head, tiny_rfm_recipe(psi_dim)))
+    if (directory / MODEL_FILE).is_file() and (kind := read_model_entry(directory).feature_kind) != PSI:
+        raise CheckpointError(
+            f"{config.calib_head}: the rfm job trained this head on {kind!r} features; R_calib needs one "
+            "over ψ: train it with feature_kind: psi"
+        )
+    head = RFMHead.from_pretrained(directory)
     if head.config.cond_dim != psi_dim:
         raise CheckpointError(
             f"{config.calib_head}: an RFM head conditioned on {head.config.cond_dim}-d inputs; R_calib needs "

@@ -7,13 +7,20 @@ Train, and register the result for evaluation.
 Every worker reads the feature table itself (a shared path on a cluster) and trains on its share of each
 epoch's shuffled rows (`DistributedSampler`); gradients are averaged across workers by DDP.
 
+`feature_kind: psi` trains a head over the MLLM's ψ (`mllm`), the condition of the Geolocator's
+prediction stage and of GRPO's R_calib: before training, one Ray task (on a GPU when `use_gpu`) computes
+the training clips' ψ as the Geolocator does and caches it under `<out_dir>/<model_name>/psi/`
+(`avgeo.psi.cached_psi`, keyed by the MLLM's weights), and the workers read it from there. The model
+then loads as `GeolocatorConfig.rfm_model` and as the GRPO job's `calib_head`.
+
 Resume: Ray Train keeps the epochs' checkpoints under `<storage_path>/<model_name>/`. Running the job
 again with the same model name and storage path continues from the last one (Ray Train V2 resumes a run
 by its name), so raising `train.epochs` trains only the extra epochs. A checkpoint holds the weights, the
 optimizer state and the epoch; the shuffling and the flow's random draws are seeded per (seed, epoch,
 worker), so a resumed run draws what an uninterrupted one would have.
 
-The model registry is what `evaluate` reads: each `<out_dir>/<model_name>/` with a `model.json`.
+The model registry is what `evaluate` reads: each `<out_dir>/<model_name>/` with a `model.json` (which
+names, for a ψ head, the MLLM whose ψ it reads).
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from avgeo.config import ConfigError, save_config
+from avgeo.config import ConfigError, config_to_dict, load_config, save_config
 from avgeo.data.features import FeatureKind, embedded_rows, feature_matrix, labels_latlon, read_features
-from avgeo.perception.checkpoints import CheckpointError
+from avgeo.perception.checkpoints import TINY, CheckpointError
 from avgeo.prediction.baselines import (
     CellClassifierConfig,
     CellClassifierHead,
@@ -44,7 +52,12 @@ from avgeo.prediction.baselines import (
 )
 from avgeo.prediction.heads import FlowHead, GeoHead
 from avgeo.prediction.vector_field import RFMConfig
+from avgeo.psi import PSI, PSI_INPUT_COLUMNS, cached_psi, load_reasoning_stage, read_psi
+from avgeo.reasoning.mllm import MLLMConfig
 from avgeo.runlog import MetricsLog
+
+HeadInput = Literal[FeatureKind, "psi"]
+"""What a head reads: a feature-table kind (`feature_matrix`) or `psi`, the MLLM's ψ of each clip."""
 
 HEAD_TYPES: dict[str, type[GeoHead]] = {
     head.name: head for head in (FlowHead, RegressionHead, CellClassifierHead)
@@ -62,8 +75,11 @@ METRICS_FILE = "metrics.jsonl"
 
 _TRAIN_STATE_FILE = "train_state.pt"
 _HEAD_DIR = "head"
+PSI_DIR = "psi"
+"""Folder of a ψ model's directory that caches the training clips' ψ (`avgeo.psi.cached_psi` files)."""
+
 FEATURE_COLUMNS = ["split", "lat", "lon", "error", "visual_mean", "audio_mean", "atom_class_strength"]
-"""The feature-table columns the heads' inputs and labels come from."""
+"""The feature-table columns the heads' inputs and labels come from (ψ: `PSI_INPUT_COLUMNS` besides)."""
 
 
 @dataclass
@@ -110,8 +126,16 @@ class RFMJobConfig:
     head: Literal["rfm", "regression", "classification"] = "rfm"
     """Which head to train."""
 
-    feature_kind: FeatureKind = "audiovisual"
-    """Its input: `visual` (GeoCLIP), `audio` (raw CLAP), `atoms` (IC-SAE) or `audiovisual` (all three)."""
+    feature_kind: HeadInput = "audiovisual"
+    """Its input: `visual` (GeoCLIP), `audio` (raw CLAP), `atoms` (IC-SAE), `audiovisual` (all three) or
+    `psi` (the ψ of `mllm` on each clip)."""
+
+    mllm: MLLMConfig = field(default_factory=lambda: MLLMConfig(temperature=0.0))
+    """The MLLM whose ψ a `psi` head reads (unused by other kinds), with the Geolocator's settings. Greedy
+    when this section is left out; a section given in a config must say `temperature: 0`."""
+
+    psi_batch_size: int = 16
+    """Clips per MLLM call while computing ψ."""
 
     model_name: str = ""
     """Name in the registry and of the Ray Train run; empty means `<head>-<feature_kind>`. A run with this
@@ -159,6 +183,13 @@ class RFMJobConfig:
                 )
         if self.num_workers < 1 or self.torch_threads < 1 or self.cpus_per_worker <= 0:
             raise ConfigError("num_workers and torch_threads must be >= 1 and cpus_per_worker > 0")
+        if self.feature_kind == PSI and self.mllm.temperature != 0:
+            raise ConfigError(
+                f"mllm.temperature={self.mllm.temperature}: ψ comes from greedy completions, as the "
+                "Geolocator decodes; set mllm.temperature: 0"
+            )
+        if self.psi_batch_size < 1:
+            raise ConfigError(f"psi_batch_size={self.psi_batch_size}: expected an int >= 1")
         if "/" in self.name or self.name in (".", ".."):
             raise ConfigError(f"model_name {self.model_name!r} must be a plain folder name")
 
@@ -203,8 +234,10 @@ class ModelEntry:
     """The model's folder; its name is the model's name."""
     head_type: str
     """A key of HEAD_TYPES."""
-    feature_kind: FeatureKind
+    feature_kind: HeadInput
     """Which feature matrix the head reads."""
+    mllm: MLLMConfig | None = None
+    """The MLLM whose ψ a `psi` head reads; None for the other kinds."""
 
     @property
     def name(self) -> str:
@@ -227,10 +260,17 @@ def run_rfm(config: RFMJobConfig) -> RFMSummary:
         features=config.features.resolve(),
         out_dir=config.out_dir.resolve(),
         storage_path=config.storage_path.resolve(),
+        mllm=dataclasses.replace(config.mllm, model=_absolute_if_local(config.mllm.model)),
     )
+    psi_file = None
+    if config.feature_kind == PSI:
+        psi_task = ray.remote(train_psi_file).options(
+            num_cpus=config.cpus_per_worker, num_gpus=1 if config.use_gpu else 0
+        )
+        psi_file = ray.get(psi_task.remote(config))
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"config": config},
+        train_loop_config={"config": config, "psi_file": psi_file},
         scaling_config=ray.train.ScalingConfig(
             num_workers=config.num_workers,
             use_gpu=config.use_gpu,
@@ -251,12 +291,11 @@ def run_rfm(config: RFMJobConfig) -> RFMSummary:
         head = HEAD_TYPES[config.head].from_pretrained(Path(checkpoint_dir) / _HEAD_DIR)
     metrics = result.metrics
     model_dir = config.out_dir / config.name
-    save_trained_model(
-        model_dir,
-        head,
-        config.feature_kind,
-        {"epochs": metrics["epoch"], "train_rows": metrics["train_rows"], "features": str(config.features)},
-    )
+    about = {"epochs": metrics["epoch"], "train_rows": metrics["train_rows"]}
+    about |= {"features": str(config.features)}
+    if config.feature_kind == PSI:
+        about |= {"mllm": config_to_dict(config.mllm), "psi_file": str(psi_file)}
+    save_trained_model(model_dir, head, config.feature_kind, about)
     save_config(config, model_dir / JOB_CONFIG_FILE)
     summary = RFMSummary(
         model_dir=model_dir,
@@ -283,23 +322,45 @@ def build_head(config: RFMJobConfig, feature_dim: int, train_latlon_deg: np.ndar
     return CellClassifierHead(dataclasses.replace(classification, feature_dim=feature_dim, cell_tokens=cells))
 
 
-def training_rows(config: RFMJobConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The training set: features (N, D) float32 of `config.feature_kind` and labels (N, 2) degrees."""
-    table = embedded_rows(read_features(config.features, columns=FEATURE_COLUMNS))
+def training_table(config: RFMJobConfig, columns: list[str]) -> pa.Table:
+    """The embedded rows of `config.train_split` (`columns` of them, `split` and `error` included)."""
+    table = embedded_rows(read_features(config.features, columns=columns))
     table = table.filter(pc.equal(table["split"], config.train_split))
     if table.num_rows == 0:
         raise ConfigError(
             f"{config.features}: no embedded rows of split {config.train_split!r}; check train_split and "
             "that the embedding job has run on this manifest"
         )
-    return feature_matrix(table, config.feature_kind), labels_latlon(table)
+    return table
+
+
+def training_rows(config: RFMJobConfig, psi_file: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The training set: features (N, D) float32 of `config.feature_kind` and labels (N, 2) degrees.
+
+    A `psi` head's features are read from `psi_file`, the training clips' ψ (`train_psi_file`).
+    """
+    if config.feature_kind != PSI:
+        table = training_table(config, FEATURE_COLUMNS)
+        return feature_matrix(table, config.feature_kind), labels_latlon(table)
+    if psi_file is None:
+        raise ValueError("psi features are read from the file train_psi_file wrote; pass it as psi_file")
+    table = training_table(config, [*FEATURE_COLUMNS, "clip_id"])
+    return read_psi(psi_file, table["clip_id"].to_pylist()), labels_latlon(table)
+
+
+def train_psi_file(config: RFMJobConfig) -> Path:
+    """The ψ of the training clips under `config.mllm`, cached in the model's `psi/` folder (computed
+    there on the first call; runs as a Ray task, or anywhere)."""
+    table = training_table(config, ["split", "error", *PSI_INPUT_COLUMNS])
+    stage = load_reasoning_stage(config.mllm, "cuda" if config.use_gpu else "cpu")
+    return cached_psi(stage, table, config.out_dir / config.name / PSI_DIR, config.psi_batch_size)
 
 
 def save_trained_model(
-    directory: Path, head: GeoHead, feature_kind: FeatureKind, about: dict[str, Any]
+    directory: Path, head: GeoHead, feature_kind: HeadInput, about: dict[str, Any]
 ) -> None:
     """Register `head` in `directory`: its weights and config, and `model.json` (head type, feature kind
-    and the facts in `about`)."""
+    and the facts in `about`; a `psi` head's `about` holds its `mllm` config as a dict)."""
     head.save_pretrained(directory)
     entry = {"head": head.name, "feature_kind": feature_kind, **about}
     (directory / MODEL_FILE).write_text(json.dumps(entry, indent=2) + "\n")
@@ -314,7 +375,12 @@ def read_model_entry(directory: str | Path) -> ModelEntry:
     entry = json.loads(model_file.read_text())
     if entry.get("head") not in HEAD_TYPES:
         raise ConfigError(f"{model_file}: unknown head {entry.get('head')!r}; known: {', '.join(HEAD_TYPES)}")
-    return ModelEntry(directory, entry["head"], entry["feature_kind"])
+    mllm = None
+    if entry["feature_kind"] == PSI:
+        if "mllm" not in entry:
+            raise ConfigError(f"{model_file}: a psi model without its `mllm`; train it again (rfm job)")
+        mllm = load_config(MLLMConfig, entry["mllm"])
+    return ModelEntry(directory, entry["head"], entry["feature_kind"], mllm)
 
 
 def model_entries(out_dir: str | Path) -> list[ModelEntry]:
@@ -346,7 +412,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
 
-    features, latlon_deg = training_rows(config)
+    features, latlon_deg = training_rows(config, loop_config["psi_file"])
     head = build_head(config, features.shape[1], latlon_deg).to(device)
     dataset = TensorDataset(torch.from_numpy(features), head.training_targets(torch.from_numpy(latlon_deg)))
     optimizer = torch.optim.AdamW(
@@ -432,3 +498,9 @@ def _restore(config: RFMJobConfig, head: GeoHead, optimizer: torch.optim.Optimiz
             f"head ({exc}); set a new model_name, or delete that folder to start over"
         ) from exc
     return int(state["epoch"])
+
+
+def _absolute_if_local(name_or_dir: str) -> str:
+    """A local checkpoint directory as an absolute path (workers may run elsewhere); names as they are."""
+    is_local = name_or_dir != TINY and Path(name_or_dir).exists()
+    return str(Path(name_or_dir).resolve()) if is_local else name_or_dir
