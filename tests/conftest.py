@@ -28,6 +28,17 @@ import torch  # noqa: E402
 torch.set_default_dtype(torch.float32)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of small-model tests (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`): tiny
+    matmuls gain nothing from intra-op threads, and spinning threads stall when Ray workers or other
+    processes share the two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def geomstats_float64():
     """geomstats' torch backend builds its tensors in torch's default dtype and expects float64."""

@@ -30,12 +30,7 @@ CITIES_DEG = np.array([[48.86, 2.35], [-33.87, 151.21], [40.71, -74.01], [35.68,
 FEATURE_DIM = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _features_of(latlon_deg: np.ndarray, seed: int = 0) -> torch.Tensor:

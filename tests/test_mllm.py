@@ -36,14 +36,7 @@ def avgeo_home(tmp_path_factory):
         yield
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny model's matmuls are too small to gain from intra-op threads, and spinning threads stall
-    # badly when other processes share the two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

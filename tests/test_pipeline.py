@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
 from avgeo.config import ConfigError, load_config
 from avgeo.data.errors import NoAudioStreamError
@@ -34,13 +33,7 @@ CONFIG = GeolocatorConfig(
 MODEL_VERSION = re.compile(r"^tiny@[0-9a-f]{12}$")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, which stall when other processes share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -49,17 +49,11 @@ def _random_field(seed: int = 0) -> TangentVectorField:
         return TangentVectorField(RFMConfig(width=64)).double()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small MLP batches gain little from a second thread and lose ~10x when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def vmf_head(one_thread) -> RFMHead:
+def vmf_head(one_torch_thread) -> RFMHead:
     """An unconditional head trained on vMF(MEAN_DIR, κ = 10) samples (~3 s on 2 cores)."""
     generator = torch.Generator().manual_seed(0)
     head = RFMHead(RFMConfig(width=128, num_steps=16))

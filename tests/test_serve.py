@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import torch
 import yaml
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
@@ -70,12 +69,7 @@ def _test_config(port: int) -> dict:
     return config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,7 @@ FRAMES, ATOMS = 4, 4
 BROKEN_CLIP, OTHER_TRAIN_CLIP = "loc0000_c00", "loc0001_c00"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
