@@ -1,0 +1,186 @@
+"""Geotag throughput: the Ray Data job (`run_geotag`) against the bound its stages imply and a plain loop.
+
+    python benchmarks/geotag_throughput.py --manifest data/avg-synth-demo/manifest.parquet --clips 200
+
+On the first `--clips` rows of the manifest, in one run:
+1. each stage's CPU-seconds per clip, measured alone in this process (one torch thread, as each actor
+   runs, and the config's batch sizes): decode, the visual encoder, CLAP, the IC-SAE, the MLLM, the RFM
+   head (perception is also timed whole, as its actor runs it, on the same clips);
+2. the bound they imply: cores ÷ Σ CPU-s per clip (decode + perception + MLLM + RFM), the rate at which
+   the cores would finish clips if they did nothing but this work;
+3. the Ray Data job's clips/s: end to end (actor start-up and model loading included), and steady (from
+   its first written file to its last, `rows_per_file` set to 16 so files come often);
+4. a plain single-process loop's clips/s: `Geolocator.geolocate` on each clip in turn (models loaded
+   before the clock starts);
+5. the ratios job / bound and job / plain, and the job's peak memory: the RSS of its Ray worker
+   processes, summed, sampled every 0.5 s (shared pages count once per process, so this over-counts).
+The load average is printed at the start and the end: other work on the machine slows every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+
+from avgeo.config import load_config
+from avgeo.data.manifest import read_manifest
+from avgeo.data.parquet_files import parquet_files
+from avgeo.distributed.data_stages import decode_or_error
+from avgeo.distributed.geotag import GeotagConfig, run_geotag
+from avgeo.pipeline import Geolocator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--manifest", type=Path, required=True, help="AVG manifest whose first --clips to use"
+    )
+    parser.add_argument("--clips", type=int, default=200, help="clips to geotag")
+    parser.add_argument("--stage-clips", type=int, default=64, help="clips the per-stage costs are timed on")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "geotag" / "tiny.yaml")
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
+    args = parser.parse_args()
+
+    import ray
+    import torch
+
+    print(f"load average at start: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="geotag-bench-") as scratch:
+        scratch = Path(scratch)
+        rows = read_manifest(args.manifest).slice(0, args.clips).select(["clip_id", "video_path"])
+        clips_manifest = scratch / "clips.parquet"
+        pq.write_table(rows, clips_manifest)
+        config = load_config(
+            GeotagConfig,
+            args.config,
+            input=str(clips_manifest),
+            out_dir=str(scratch / "ray"),
+            rows_per_file=16,
+        )
+        paths = rows["video_path"].to_pylist()
+        print(f"{len(paths)} clips from {args.manifest}; config {args.config}")
+
+        torch.set_num_threads(config.torch_threads)
+        geolocator = Geolocator.from_config(config.geolocator)
+        costs_s = stage_cpu_s(geolocator, paths[: args.stage_clips], config)
+        print(f"CPU-s per clip, each stage alone ({min(args.stage_clips, len(paths))} clips):")
+        for name, seconds in costs_s.items():
+            print(f"  {name:<28} {seconds * 1000:8.1f} ms")
+        total_s = sum(costs_s[name] for name in ("decode", "perception (whole)", "MLLM", "RFM"))
+        bound = args.num_cpus / total_s
+        print(f"  {'sum (decode+perception+MLLM+RFM)':<28} {total_s * 1000:8.1f} ms")
+        print(f"bound: {args.num_cpus} cores / {total_s:.3f} CPU-s = {bound:.2f} clips/s")
+
+        start_s = time.perf_counter()
+        for path in paths:
+            geolocator.geolocate(path)
+        plain_rate = len(paths) / (time.perf_counter() - start_s)
+        print(f"plain loop (Geolocator.geolocate, 1 process, 1 torch thread): {plain_rate:.2f} clips/s")
+        del geolocator
+
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        sampler = RayMemorySampler()
+        sampler.start()
+        summary = run_geotag(config)
+        sampler.stop()
+        ray.shutdown()
+        if summary.errors:
+            raise SystemExit(f"the job wrote {summary.errors} error rows: {summary.error_types}")
+        steady_rate = steady_clips_per_s(Path(config.out_dir))
+        end_to_end = summary.clips_per_s
+        print(
+            f"ray data job ({args.num_cpus} CPUs): {end_to_end:.2f} clips/s "
+            f"end to end, {steady_rate:.2f} steady"
+        )
+        print(f"job / bound: {steady_rate / bound:.2f} steady, {end_to_end / bound:.2f} end to end")
+        print(
+            f"job / plain: {steady_rate / plain_rate:.2f}x steady, {end_to_end / plain_rate:.2f}x end to end"
+        )
+        print(f"job peak memory (RSS of Ray worker processes, summed): {sampler.peak_bytes / 2**30:.2f} GiB")
+    print(f"load average at end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+
+
+def stage_cpu_s(geolocator: Geolocator, paths: list[str], config: GeotagConfig) -> dict[str, float]:
+    """CPU-seconds per clip of each stage alone, batched as the job's actors batch."""
+    cpu_s: dict[str, float] = dict.fromkeys(
+        ("decode", "visual encoder", "CLAP", "IC-SAE", "perception (whole)", "MLLM", "RFM"), 0.0
+    )
+
+    def timed(name: str, run, *inputs):
+        start_s = time.process_time()
+        result = run(*inputs)
+        cpu_s[name] += time.process_time() - start_s
+        return result
+
+    clips = []
+    for path in paths:
+        clip, error = timed("decode", decode_or_error, path, config.geolocator.decode)
+        if error is not None:
+            raise SystemExit(f"{path}: {error}; benchmark on clips that decode")
+        clips.append(clip)
+    embedder = geolocator.perception.embedder
+    perceptions = []
+    for batch in chunks(clips, config.perception_stage.batch_size):
+        audio = timed("CLAP", embedder.audio, [clip.audio for clip in batch])
+        timed("visual encoder", embedder.visual, [clip.frames for clip in batch])
+        timed("IC-SAE", embedder.atoms, [row["audio_projection"] for row in audio])
+        perceptions += timed("perception (whole)", geolocator.perceive, batch)
+    reasonings = []
+    for batch in chunks(perceptions, config.reasoning_stage.batch_size):
+        reasonings += timed("MLLM", geolocator.reason, batch)
+    for batch in chunks(reasonings, config.prediction_stage.batch_size):
+        timed("RFM", geolocator.predict, batch)
+    return {name: seconds / len(paths) for name, seconds in cpu_s.items()}
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[first : first + size] for first in range(0, len(items), size)]
+
+
+def steady_clips_per_s(out_dir: Path) -> float:
+    """Rows written after the first file, per second between the first file's and the last file's mtime."""
+    files = sorted(parquet_files(out_dir), key=lambda file: file.stat().st_mtime)
+    rows = [pq.read_metadata(file).num_rows for file in files]
+    span_s = files[-1].stat().st_mtime - files[0].stat().st_mtime
+    return (sum(rows) - rows[0]) / span_s
+
+
+class RayMemorySampler:
+    """Samples the summed RSS of this process's Ray worker processes (`ray::…`) every 0.5 s."""
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.wait(0.5):
+            total = 0
+            for process in me.children(recursive=True):
+                try:
+                    if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::"):
+                        total += process.memory_info().rss
+                except psutil.Error:
+                    continue  # a worker that exited between the listing and the read
+            self.peak_bytes = max(self.peak_bytes, total)
+
+
+if __name__ == "__main__":
+    main()
