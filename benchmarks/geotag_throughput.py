@@ -8,18 +8,23 @@ On the first `--clips` rows of the manifest, in one run:
    head (perception is also timed whole, as its actor runs it, on the same clips);
 2. the bound they imply: cores ÷ Σ CPU-s per clip (decode + perception + MLLM + RFM), the rate at which
    the cores would finish clips if they did nothing but this work;
-3. the Ray Data job's clips/s: end to end (actor start-up and model loading included), and steady (from
-   its first written file to its last, `rows_per_file` set to 16 so files come often);
+3. the Ray Data job's clips/s: end to end (actor start-up and model loading included) on all the clips,
+   and marginal: the extra clips over the extra seconds of that run against one on the first half, which
+   cancels start-up (what a long archive run sees);
 4. a plain single-process loop's clips/s: `Geolocator.geolocate` on each clip in turn (models loaded
    before the clock starts);
 5. the ratios job / bound and job / plain, and the job's peak memory: the RSS of its Ray worker
-   processes, summed, sampled every 0.5 s (shared pages count once per process, so this over-counts).
+   processes, summed, sampled every 0.5 s (shared pages count once per process, so this over-counts);
+6. the job's CPU-seconds per extra clip (the driver and every Ray process, the same two runs) against
+   the stages' sum: what Ray costs beyond the work itself, which other load on the machine changes far
+   less than it changes clips/s.
 The load average is printed at the start and the end: other work on the machine slows every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import threading
@@ -27,11 +32,11 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from avgeo.config import load_config
 from avgeo.data.manifest import read_manifest
-from avgeo.data.parquet_files import parquet_files
 from avgeo.distributed.data_stages import decode_or_error
 from avgeo.distributed.geotag import GeotagConfig, run_geotag
 from avgeo.pipeline import Geolocator
@@ -57,15 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="geotag-bench-") as scratch:
         scratch = Path(scratch)
         rows = read_manifest(args.manifest).slice(0, args.clips).select(["clip_id", "video_path"])
-        clips_manifest = scratch / "clips.parquet"
-        pq.write_table(rows, clips_manifest)
-        config = load_config(
-            GeotagConfig,
-            args.config,
-            input=str(clips_manifest),
-            out_dir=str(scratch / "ray"),
-            rows_per_file=16,
-        )
+        config = load_config(GeotagConfig, args.config, input="unused", out_dir="unused")
         paths = rows["video_path"].to_pylist()
         print(f"{len(paths)} clips from {args.manifest}; config {args.config}")
 
@@ -88,24 +85,27 @@ def main() -> None:
         del geolocator
 
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        sampler = RayMemorySampler()
-        sampler.start()
-        summary = run_geotag(config)
-        sampler.stop()
+        half = rows.num_rows // 2
+        first = run_job(rows.slice(0, half), config, scratch / "first")
+        whole = run_job(rows, config, scratch / "whole")
         ray.shutdown()
-        if summary.errors:
-            raise SystemExit(f"the job wrote {summary.errors} error rows: {summary.error_types}")
-        steady_rate = steady_clips_per_s(Path(config.out_dir))
-        end_to_end = summary.clips_per_s
+        end_to_end = whole.clips / whole.wall_s
+        marginal = (whole.clips - first.clips) / (whole.wall_s - first.wall_s)
+        marginal_cpu_s = (whole.cpu_s - first.cpu_s) / (whole.clips - first.clips)
         print(
-            f"ray data job ({args.num_cpus} CPUs): {end_to_end:.2f} clips/s "
-            f"end to end, {steady_rate:.2f} steady"
+            f"ray data job ({args.num_cpus} CPUs): {whole.clips} clips in {whole.wall_s:.1f} s = "
+            f"{end_to_end:.2f} clips/s end to end; {first.clips} clips in {first.wall_s:.1f} s; marginal: "
+            f"{whole.clips - first.clips} more in {whole.wall_s - first.wall_s:.1f} s = {marginal:.2f}/s"
         )
-        print(f"job / bound: {steady_rate / bound:.2f} steady, {end_to_end / bound:.2f} end to end")
+        print(f"job / bound: {marginal / bound:.2f} marginal, {end_to_end / bound:.2f} end to end")
         print(
-            f"job / plain: {steady_rate / plain_rate:.2f}x steady, {end_to_end / plain_rate:.2f}x end to end"
+            f"job / plain: {marginal / plain_rate:.2f}x marginal, {end_to_end / plain_rate:.2f}x end to end"
         )
-        print(f"job peak memory (RSS of Ray worker processes, summed): {sampler.peak_bytes / 2**30:.2f} GiB")
+        print(
+            f"job CPU-s per extra clip (driver + every Ray process): {marginal_cpu_s * 1000:.1f} ms "
+            f"= {marginal_cpu_s / total_s:.2f} x the stages' sum"
+        )
+        print(f"job peak memory (RSS of Ray worker processes, summed): {whole.peak_bytes / 2**30:.2f} GiB")
     print(f"load average at end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
 
 
@@ -146,23 +146,59 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[first : first + size] for first in range(0, len(items), size)]
 
 
-def steady_clips_per_s(out_dir: Path) -> float:
-    """Rows written after the first file, per second between the first file's and the last file's mtime."""
-    files = sorted(parquet_files(out_dir), key=lambda file: file.stat().st_mtime)
-    rows = [pq.read_metadata(file).num_rows for file in files]
-    span_s = files[-1].stat().st_mtime - files[0].stat().st_mtime
-    return (sum(rows) - rows[0]) / span_s
+@dataclasses.dataclass
+class JobRun:
+    clips: int
+    wall_s: float
+    """The job's own wall time (`GeotagSummary.wall_s`): listing, actor start-up, model loading, writing."""
+    cpu_s: float
+    """CPU seconds of the driver and every Ray process during the run."""
+    peak_bytes: int
+    """Peak summed RSS of the Ray worker processes."""
 
 
-class RayMemorySampler:
-    """Samples the summed RSS of this process's Ray worker processes (`ray::…`) every 0.5 s."""
+def run_job(rows: pa.Table, config: GeotagConfig, scratch: Path) -> JobRun:
+    """`run_geotag` on `rows` (a manifest of their own) into a fresh folder, with its CPU and memory."""
+    scratch.mkdir()
+    pq.write_table(rows, scratch / "clips.parquet")
+    job_config = dataclasses.replace(config, input=str(scratch / "clips.parquet"), out_dir=scratch / "out")
+    sampler = RayProcessSampler()
+    sampler.start()
+    driver_cpu_s = time.process_time()
+    summary = run_geotag(job_config)
+    driver_cpu_s = time.process_time() - driver_cpu_s
+    sampler.stop()
+    if summary.errors or summary.geotagged != rows.num_rows:
+        raise SystemExit(
+            f"the job wrote {summary.geotagged} rows, {summary.errors} errors: {summary.error_types}"
+        )
+    return JobRun(rows.num_rows, summary.wall_s, sampler.children_cpu_s + driver_cpu_s, sampler.peak_bytes)
+
+
+class RayProcessSampler:
+    """Every 0.5 s: the summed RSS of this process's Ray worker processes (`ray::…`), and the CPU time
+    every process below this one (Ray's own included) spends from `start` on."""
 
     def __init__(self) -> None:
         self.peak_bytes = 0
+        self._cpu_s_at_start: dict[int, float] = {}
+        self._cpu_s_by_pid: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def children_cpu_s(self) -> float:
+        """CPU seconds of the processes below this one, as last sampled (up to 0.5 s per process unseen)."""
+        return sum(cpu_s - self._cpu_s_at_start.get(pid, 0.0) for pid, cpu_s in self._cpu_s_by_pid.items())
+
     def start(self) -> None:
+        # Processes from before the run (Ray's own, idle workers) count only what they spend during it.
+        for process in psutil.Process().children(recursive=True):
+            try:
+                times = process.cpu_times()
+                self._cpu_s_at_start[process.pid] = times.user + times.system
+            except psutil.Error:
+                continue
         self._thread.start()
 
     def stop(self) -> None:
@@ -175,10 +211,12 @@ class RayMemorySampler:
             total = 0
             for process in me.children(recursive=True):
                 try:
+                    times = process.cpu_times()
+                    self._cpu_s_by_pid[process.pid] = times.user + times.system
                     if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::"):
                         total += process.memory_info().rss
                 except psutil.Error:
-                    continue  # a worker that exited between the listing and the read
+                    continue  # a process that exited between the listing and the read
             self.peak_bytes = max(self.peak_bytes, total)
 
 
