@@ -139,7 +139,8 @@ class RFMJobConfig:
 
     model_name: str = ""
     """Name in the registry and of the Ray Train run; empty means `<head>-<feature_kind>`. A run with this
-    name under `storage_path` is resumed: after changing the head or its features, pick a new name."""
+    name under `storage_path` is resumed: after changing the head, its features or its MLLM, pick a new
+    name."""
 
     train_split: str = "train"
     """Feature-table rows of this split (and without an error) are the training set."""
