@@ -26,6 +26,7 @@ CI_BUDGETS = DemoConfig(
     mart_heldout=16,
     mart_epochs=1,
     heads=("rfm",),
+    psi_ablation=False,
     head_epochs=2,
     warmup_epochs=1,
     grpo_steps=1,
@@ -37,7 +38,7 @@ CI_BUDGETS = DemoConfig(
 """The demo's steps, each as short as it can be and still write its outputs."""
 
 HEADS = [f"rfm-{kind}" for kind in FEATURE_KINDS]
-PSI_HEADS = ["rfm-psi-warmup", "rfm-psi-grpo"]
+PSI_HEADS = ["rfm-psi-grpo"]
 STEPS = ["synth", "mart", "sae", "embed-mart", "embed-sae", *HEADS, "rfm-atoms-standard-sae"]
 STEPS += ["warmup", "grpo", *PSI_HEADS, "geotag", "evaluate-mart", "evaluate-sae"]
 TABLE_ROWS = {

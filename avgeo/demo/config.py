@@ -28,21 +28,25 @@ class DemoConfig:
     train_poll_s: float = 0.2
     """Ray Train's controller poll interval, s (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`): each epoch's
     checkpoint waits for one poll, and Ray's default 2 s would cost more than the tiny heads' epochs."""
-    mart_mixtures: int = 1000
-    """Training mixtures of the MART data factory."""
-    mart_heldout: int = 200
+    mart_mixtures: int = 300
+    """Training mixtures of the MART data factory (each costs ~4 CLAP passes to build)."""
+    mart_heldout: int = 100
     """Held-out mixtures scored for decomposition accuracy (the method scores 200)."""
     mart_epochs: int = 4
     """MART epochs (the plain-SAE ablation trains as many)."""
     sae_ablation: bool = True
     """Also pretrain a plain top-K SAE, embed with it and train the atoms RFM head on its atoms: the
     method's MART-vs-standard-SAE ablation."""
-    heads: tuple[HeadName, ...] = ("rfm", "regression", "classification")
-    """Heads trained on each feature kind (visual, audio, atoms, audiovisual)."""
-    head_epochs: int = 30
+    heads: tuple[HeadName, ...] = ("rfm", "regression")
+    """Heads trained on each feature kind (visual, audio, atoms, audiovisual); each run costs ~15 s of Ray
+    Train start-up, so the S2-cell classifier is left to `avgeo rfm --set head=classification`."""
+    head_epochs: int = 20
     """Epochs of every head (the method trains the RFM for 50)."""
     head_workers: int = 1
     """Ray Train workers per head: the heads are small, so a second worker costs more than it saves."""
+    psi_ablation: bool = True
+    """Also train the RFM head over the warm-up model's ψ, before GRPO: the method's Table 4 row with the
+    reasoning stage but no rewards."""
     warmup_epochs: int = 3
     """Epochs of the MLLM's supervised warm-up on the training clips' traces."""
     grpo_steps: int = 4
@@ -71,3 +75,8 @@ class DemoConfig:
             raise ConfigError(
                 f"heads={self.heads}: the demo needs the rfm head (the method's and the ψ model's); add it"
             )
+
+    @property
+    def dictionaries(self) -> tuple[str, ...]:
+        """The pretrained dictionaries: `mart`, and `sae` with the ablation (`DemoPaths` folder names)."""
+        return ("mart", "sae") if self.sae_ablation else ("mart",)

@@ -24,19 +24,18 @@ from avgeo.runlog import MetricsLog
 
 def print_report(config: DemoConfig, paths: DemoPaths) -> Path:
     """Print the tables of every evaluate run and the demo's outputs; write the tables to `paths.results`."""
-    dictionaries = ("mart", "sae") if config.sae_ablation else ("mart",)
-    rows = [row for dictionary in dictionaries for row in evaluation_rows(paths.evaluation(dictionary))]
+    rows = [row for name in config.dictionaries for row in evaluation_rows(paths.evaluation(name))]
     title = (
         f"avg-synth `{config.preset}` (seed {config.seed}), test split: {rows[0].metrics['num_clips']} clips "
         f"at {rows[0].metrics['num_locations']} locations"
     )
     markdown = markdown_tables(rows, title)
-    lines = [decomposition_line(paths, dictionary) for dictionary in dictionaries]
+    lines = [decomposition_line(paths, dictionary) for dictionary in config.dictionaries]
     lines.append(geotag_line(paths))
     paths.results.write_text(markdown + "\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     print(f"\n{markdown}")
     print("\n".join(lines))
-    heatmaps = [paths.evaluation(dictionary) / HEATMAP_DIR for dictionary in dictionaries]
+    heatmaps = [paths.evaluation(dictionary) / HEATMAP_DIR for dictionary in config.dictionaries]
     heatmaps.append(paths.geotag / HEATMAPS_FOLDER)
     print("\nheatmaps: " + ", ".join(f"{path} ({len(list(path.glob('*.png')))} PNG)" for path in heatmaps))
     print(f"predictions Parquet (test split): {paths.geotag}")

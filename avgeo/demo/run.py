@@ -5,7 +5,8 @@
 
 Each job loads `configs/<job>/tiny.yaml` with the demo's overrides: paths under `out_dir`, the seed, and
 the budgets of `DemoConfig`. Everything runs in one local Ray cluster started here (or the one this
-process already holds). Re-running skips finished steps (`avgeo.demo.steps`).
+process already holds). Re-running skips finished steps (`avgeo.demo.steps`); the step markers do not
+record the budgets, so after changing `DemoConfig` start from an empty `out_dir`.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def run_demo(out_dir: str | Path, seed: int = 0, config: DemoConfig | None = Non
 
 
 def demo_steps(config: DemoConfig, paths: DemoPaths) -> list[Step]:
-    """The demo's steps in order (the plain-SAE ones only with `config.sae_ablation`)."""
+    """The demo's steps in order (the ablations' only when `config` asks for them)."""
     from avgeo.distributed.embed import EmbedConfig, run_embed
     from avgeo.distributed.evaluate import EvaluateConfig, run_evaluate
     from avgeo.distributed.geotag import GeotagConfig, run_geotag
@@ -75,7 +76,6 @@ def demo_steps(config: DemoConfig, paths: DemoPaths) -> list[Step]:
     from avgeo.reasoning.warmup import WarmupConfig, run_warmup
 
     seed = config.seed
-    dictionaries = ("mart", "sae") if config.sae_ablation else ("mart",)
     # ψ as the Geolocator computes it: the GRPO job's prompt settings, decoded greedily.
     mllm = {"max_new_tokens": 96, "temperature": 0.0, "num_frames": 8, "max_atoms": 8}
 
@@ -130,8 +130,8 @@ def demo_steps(config: DemoConfig, paths: DemoPaths) -> list[Step]:
         run_evaluate(_job_config(EvaluateConfig, "evaluate", **overrides, num_samples=config.eval_samples))
 
     steps = [Step("synth", synth)]
-    steps += [Step(dictionary, partial(pretrain, dictionary)) for dictionary in dictionaries]
-    steps += [Step(f"embed-{dictionary}", partial(embed, dictionary)) for dictionary in dictionaries]
+    steps += [Step(name, partial(pretrain, name)) for name in config.dictionaries]
+    steps += [Step(f"embed-{name}", partial(embed, name)) for name in config.dictionaries]
     steps += [
         Step(f"{head}-{kind}", partial(train_head, "mart", f"{head}-{kind}", head, kind))
         for head in config.heads
@@ -141,11 +141,12 @@ def demo_steps(config: DemoConfig, paths: DemoPaths) -> list[Step]:
         name = "rfm-atoms-standard-sae"
         steps.append(Step(name, partial(train_head, "sae", name, "rfm", "atoms")))
     steps += [Step("warmup", warmup), Step("grpo", grpo)]
-    for name, policy in (("rfm-psi-warmup", paths.warmup), ("rfm-psi-grpo", paths.grpo_policy)):
+    policies = {"rfm-psi-warmup": paths.warmup} if config.psi_ablation else {}
+    for name, policy in (policies | {"rfm-psi-grpo": paths.grpo_policy}).items():
         psi_mllm = {f"mllm.{key}": value for key, value in mllm.items()} | {"mllm.model": policy}
         steps.append(Step(name, partial(train_head, "mart", name, "rfm", "psi", **psi_mllm)))
     steps.append(Step("geotag", geotag))
-    steps += [Step(f"evaluate-{dictionary}", partial(evaluate, dictionary)) for dictionary in dictionaries]
+    steps += [Step(f"evaluate-{name}", partial(evaluate, name)) for name in config.dictionaries]
     return steps
 
 
