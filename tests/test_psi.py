@@ -49,12 +49,7 @@ SYNTH = dataclasses.replace(synth_preset("ci"), n_locations=12, clips_per_locati
 MLLM = MLLMConfig(max_new_tokens=12, temperature=0.0, num_frames=4, max_atoms=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
