@@ -172,22 +172,24 @@ def test_a_run_killed_half_way_resumes_with_one_row_per_input(videos, first_run,
     assert len(expected_ids) == NUM_GOOD + 1 + len(BROKEN)
     command = [sys.executable, "jobs/geotag.py", "--config", str(TINY_CONFIG)]
     command += ["--set", f"input={pattern}", "--set", f"out_dir={out_dir}", "--set", "rows_per_file=1"]
+    # One clip per batch and per file, so files appear one by one and the kill lands between them.
+    for stage in ("decode", "perception", "reasoning", "prediction"):
+        command += ["--set", f"{stage}_stage.batch_size=1"]
     for key, value in SMALL.items():
         if key != "rows_per_file":
             command += ["--set", f"{key}={value}"]
     # Its own local Ray (not this session's), in its own process group so the kill reaches all of it.
     env = {**os.environ, "RAY_ADDRESS": "local"}
-    job = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 150
+    log = tmp_path / "job.log"
+    with log.open("w") as log_file:
+        job = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 300  # a cold Ray and five actors loading models, on shared cores
     while not parquet_files(out_dir):
-        assert job.poll() is None and time.monotonic() < deadline, "the job ended or stalled before writing"
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            pytest.fail(f"the job ended or stalled before writing:\n{log.read_text()[-3000:]}")
         time.sleep(0.2)
     processes = [psutil.Process(job.pid), *psutil.Process(job.pid).children(recursive=True)]
     os.killpg(job.pid, signal.SIGKILL)
