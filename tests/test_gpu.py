@@ -9,18 +9,16 @@ actors, so a GPU machine needs no Ray install for them. The two-process NCCL bro
 rollout actor) needs two GPUs, because NCCL refuses two ranks on one device; it lives in
 tests/test_weight_sync.py."""
 
-import socket
-
 import numpy as np
 import pytest
 import torch
+from rollout_inputs import GROUP_SIZE, NUM_PROMPTS, free_port, random_prompts
 
 from avgeo.distributed.learner import Learner, LearnerConfig
-from avgeo.distributed.rollout import PromptBatch, RolloutWorker
+from avgeo.distributed.rollout import RolloutWorker
 from avgeo.prediction.flow import RFMHead
 from avgeo.prediction.vector_field import RFMConfig
 from avgeo.reasoning.mllm import GeoMLLM, MLLMConfig
-from avgeo.reasoning.prompt import SoundAtom
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,29 +26,6 @@ pytestmark = [
 ]
 
 MLLM_BF16 = MLLMConfig(max_new_tokens=12, dtype="bfloat16")
-GROUP_SIZE = 4
-NUM_PROMPTS = 2
-
-
-def random_prompts(seed: int) -> PromptBatch:
-    rng = np.random.default_rng(seed)
-    atoms = [
-        [SoundAtom(name, strength, torch.from_numpy(rng.normal(size=512).astype(np.float32)))
-         for name, strength in (("Speech", 0.8), ("Bird", 0.3))]
-        for _ in range(NUM_PROMPTS)
-    ]  # fmt: skip
-    return PromptBatch(
-        [f"clip{seed}-{i}" for i in range(NUM_PROMPTS)],
-        torch.from_numpy(rng.normal(size=(NUM_PROMPTS, 4, 512)).astype(np.float32)),
-        atoms,
-        np.stack((rng.uniform(-60, 60, NUM_PROMPTS), rng.uniform(-180, 180, NUM_PROMPTS)), axis=1),
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

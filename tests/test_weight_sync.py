@@ -2,15 +2,15 @@
 through the object store and through a gloo broadcast group (NCCL on GPUs); stale rollouts are refused;
 and the learner step that produces those weights moves the policy the way the advantages say."""
 
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
+from rollout_inputs import GROUP_SIZE, NUM_PROMPTS, free_port, random_prompts
 
 from avgeo.distributed.learner import Learner, LearnerConfig, LearnerGroup
-from avgeo.distributed.rollout import PromptBatch, RolloutWorker
+from avgeo.distributed.rollout import RolloutWorker
 from avgeo.distributed.weight_sync import (
     BroadcastGroupSpec,
     PolicyWeights,
@@ -21,26 +21,8 @@ from avgeo.distributed.weight_sync import (
     layout_digest,
 )
 from avgeo.reasoning.mllm import GeoMLLM, MLLMConfig
-from avgeo.reasoning.prompt import SoundAtom
 
 MLLM = MLLMConfig(max_new_tokens=12)
-GROUP_SIZE = 4
-NUM_PROMPTS = 2
-
-
-def random_prompts(seed: int) -> PromptBatch:
-    rng = np.random.default_rng(seed)
-    atoms = [
-        [SoundAtom(name, strength, torch.from_numpy(rng.normal(size=512).astype(np.float32)))
-         for name, strength in (("Speech", 0.8), ("Bird", 0.3))]
-        for _ in range(NUM_PROMPTS)
-    ]  # fmt: skip
-    return PromptBatch(
-        [f"clip{seed}-{i}" for i in range(NUM_PROMPTS)],
-        torch.from_numpy(rng.normal(size=(NUM_PROMPTS, 4, 512)).astype(np.float32)),
-        atoms,
-        np.stack((rng.uniform(-60, 60, NUM_PROMPTS), rng.uniform(-180, 180, NUM_PROMPTS)), axis=1),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -151,12 +133,6 @@ def test_broadcast_group_delivers_the_learners_weights_to_every_worker(ray_local
     assert ray.get([w.receive_weights.remote() for w in workers] + [sent]) == [learned.version] * 3
     for held in ray.get([w.weights.remote() for w in workers]):
         assert_same_weights(held, learned)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_broadcast_writes_into_the_receivers_tensors_and_checks_layouts():
