@@ -41,8 +41,6 @@ as variable lists and cast back on read: pyarrow 25 writes a null fixed-size lis
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +49,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from avgeo.data.parquet_files import parquet_files, write_parquet_atomically
 
 VISUAL_DIM = 512
 """Width of GeoCLIP's per-frame image features h_t."""
@@ -169,16 +169,7 @@ def write_features(table: pa.Table, path: str | Path) -> Path:
     for name in _STORED_AS_LIST:
         index = stored.schema.get_field_index(name)
         stored = stored.set_column(index, name, stored[name].cast(pa.list_(pa.float32())))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its files are private (0600); this one gets the umask's permissions like any other.
-    temp_name = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(stored, temp_name)
-        os.replace(temp_name, path)
-    finally:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-    return path
+    return write_parquet_atomically(stored, path)
 
 
 def feature_files(path: str | Path) -> list[Path]:
@@ -188,7 +179,7 @@ def feature_files(path: str | Path) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.glob("*.parquet") if p.is_file() and not p.name.startswith("."))
+        return [file for file in parquet_files(path) if file.parent == path]
     raise FeaturesError(f"{path}: no such feature file or folder; run the embedding job to write it")
 
 

@@ -51,7 +51,7 @@ import torch
 from avgeo.config import ConfigError, config_to_dict, save_config
 from avgeo.data.audioset import class_by_mid
 from avgeo.data.soundbank import SoundBank
-from avgeo.distributed.embed import StageResources
+from avgeo.distributed.data_stages import StageResources
 from avgeo.perception.icsae import ICSAE
 from avgeo.perception.mart import (
     PAD_CLASS,
