@@ -150,7 +150,7 @@ def chunks(items: list, size: int) -> list[list]:
 class JobRun:
     clips: int
     wall_s: float
-    """The job's own wall time (`GeotagSummary.wall_s`): listing, actor start-up, model loading, writing."""
+    """The job's own wall time (`RunSummary.wall_s`): listing, actor start-up, model loading, writing."""
     cpu_s: float
     """CPU seconds of the driver and every Ray process during the run."""
     peak_bytes: int
@@ -168,9 +168,9 @@ def run_job(rows: pa.Table, config: GeotagConfig, scratch: Path) -> JobRun:
     summary = run_geotag(job_config)
     driver_cpu_s = time.process_time() - driver_cpu_s
     sampler.stop()
-    if summary.errors or summary.geotagged != rows.num_rows:
+    if summary.errors or summary.written != rows.num_rows:
         raise SystemExit(
-            f"the job wrote {summary.geotagged} rows, {summary.errors} errors: {summary.error_types}"
+            f"the job wrote {summary.written} rows, {summary.errors} errors: {summary.error_types}"
         )
     return JobRun(rows.num_rows, summary.wall_s, sampler.children_cpu_s + driver_cpu_s, sampler.peak_bytes)
 

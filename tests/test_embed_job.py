@@ -81,7 +81,7 @@ def test_one_row_per_manifest_row_and_corrupt_clips_become_error_rows(manifest, 
     rows = read_manifest(manifest)
     table = read_features(config.out_dir)
     assert sorted(table["clip_id"].to_pylist()) == sorted(rows["clip_id"].to_pylist())
-    assert summary.manifest_rows == summary.embedded == summary.rows_in_output == rows.num_rows == 48
+    assert summary.inputs == summary.written == summary.rows_in_output == rows.num_rows == 48
     assert (
         summary.skipped == 0
         and summary.errors == 3
@@ -152,14 +152,14 @@ def test_rerun_skips_done_clips_and_re_embeds_only_a_lost_file(first_run):
     contents = {file.name: file.read_bytes() for file in files}
 
     again = run_embed(config)
-    assert (again.embedded, again.skipped, again.files_written, again.rows_in_output) == (0, 48, 0, 48)
+    assert (again.written, again.skipped, again.files_written, again.rows_in_output) == (0, 48, 0, 48)
     assert {file.name: file.read_bytes() for file in feature_files(config.out_dir)} == contents
 
     lost = files[1]
     lost_rows = read_features(lost)
     lost.unlink()
     refill = run_embed(config)
-    assert refill.embedded == lost_rows.num_rows and refill.skipped == 48 - lost_rows.num_rows
+    assert refill.written == lost_rows.num_rows and refill.skipped == 48 - lost_rows.num_rows
     assert refill.rows_in_output == 48
     for name, data in contents.items():
         if name != lost.name:
@@ -186,7 +186,7 @@ def test_ray_job_submit_runs_jobs_embed(manifest, first_run, ray_head, tmp_path)
             break
         time.sleep(2)
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-    assert "4 rows written (1 errors: TruncatedFileError 1)" in submitted.stdout
+    assert "embed: 4 clips (1 errors: TruncatedFileError 1)" in submitted.stdout
     in_process = read_features(config.out_dir)
     assert_same_rows(
         read_features(out_dir), in_process.filter(pc.is_in(in_process["clip_id"], rows["clip_id"]))

@@ -97,7 +97,7 @@ def test_one_row_per_input_and_broken_files_become_named_errors(videos, first_ru
     expected_paths = sorted(str(videos / name) for name in [*BROKEN, *(f"good_{i}.mp4" for i in range(4))])
     assert sorted(table["video_path"].to_pylist()) == expected_paths
     assert table["clip_id"].to_pylist() == table["video_path"].to_pylist(), "a folder's ids are its paths"
-    assert summary.inputs == summary.geotagged == summary.rows_in_output == len(expected_paths)
+    assert summary.inputs == summary.written == summary.rows_in_output == len(expected_paths)
     assert summary.skipped == 0 and summary.errors == len(BROKEN)
     assert summary.error_types == {name: 1 for name in BROKEN.values()}
     assert summary.files_written == len(parquet_files(config.out_dir)) >= 3
@@ -204,7 +204,7 @@ def test_a_run_killed_half_way_resumes_with_one_row_per_input(videos, first_run,
     assert 0 < done < total, "the kill must land half-way"
 
     resumed = run_geotag(dataclasses.replace(config, input=pattern, out_dir=out_dir, heatmaps=False))
-    assert (resumed.skipped, resumed.geotagged, resumed.rows_in_output) == (done, total - done, total)
+    assert (resumed.skipped, resumed.written, resumed.rows_in_output) == (done, total - done, total)
     table = read_predictions(out_dir)  # validates: one row per clip id
     assert sorted(table["clip_id"].to_pylist()) == sorted(expected_ids)
     assert table["error"].null_count == NUM_GOOD + 1
@@ -220,7 +220,7 @@ def test_a_manifest_gives_the_folders_rows(videos, first_run, tmp_path):
         shutil.copy(videos / name, manifest.parent / name)
     pv.write_csv(pa.table({"clip_id": ["a", "b"], "video_path": ["good_3.mp4", "truncated.mp4"]}), manifest)
     listed = dataclasses.replace(config, input=str(manifest), out_dir=tmp_path / "out", heatmaps=False)
-    assert run_geotag(listed).geotagged == 2
+    assert run_geotag(listed).written == 2
 
     rows = {row["clip_id"]: row for row in read_predictions(tmp_path / "out").to_pylist()}
     assert rows["a"]["video_path"] == str(manifest.parent / "good_3.mp4"), "resolved against its folder"

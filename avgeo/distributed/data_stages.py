@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import ray.data
 from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
 from avgeo.data.errors import DecodeError, MissingFileError
 from avgeo.data.video_inputs import local_video
+from avgeo.runlog import MetricsLog
 
 WRITE_NUM_CPUS = 0.25
 """CPUs reserved per Parquet-writing task: it only serialises, and must not starve the stages upstream."""
@@ -163,3 +165,68 @@ def content_file_name(ids: Sequence[str]) -> str:
     """Name of the file of rows with these ids: `part-<16 hex of a SHA-256 over the sorted ids>.parquet`."""
     digest = hashlib.sha256(chr(0).join(sorted(ids)).encode()).hexdigest()[:16]
     return f"part-{digest}.parquet"
+
+
+@dataclass
+class RunSummary:
+    """What one run of a resumable Ray Data job (embed, geotag) did."""
+
+    job: str
+    """The job's name, first word of the report."""
+    inputs: int
+    """Clips the job's input names (manifest rows, listed videos)."""
+    skipped: int
+    """Of those, clips already in the output folder before the run (not redone)."""
+    written: int
+    """Rows this run wrote, error rows included."""
+    errors: int
+    """Of those, rows with an `error`."""
+    error_types: dict[str, int]
+    """Error rows of this run per error type, e.g. {"TruncatedFileError": 1}."""
+    files_written: int
+    """Parquet files this run wrote."""
+    rows_in_output: int
+    """Inputs with a row in the output folder after the run (equals `inputs` when complete)."""
+    wall_s: float
+    """Seconds the run took, Ray start-up excluded."""
+    clips_per_s: float
+    """Rows written per second of wall time (0 when nothing was left to do)."""
+
+    def report(self) -> str:
+        """One human-readable line."""
+        errors = ", ".join(f"{name} {count}" for name, count in sorted(self.error_types.items())) or "none"
+        return (
+            f"{self.job}: {self.written} clips ({self.errors} errors: {errors}) in {self.files_written} "
+            f"files, {self.skipped} already done; {self.rows_in_output}/{self.inputs} inputs in the output; "
+            f"{self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s"
+        )
+
+
+def summarize_run(
+    job: str,
+    inputs: int,
+    pending: int,
+    written_files: Sequence[dict[str, Any]],
+    rows_in_output: int,
+    wall_s: float,
+    metrics_file: Path,
+) -> RunSummary:
+    """The summary of a run whose write tasks returned `written_files` (`rows`, `error_types` each),
+    appended to `metrics_file` as a JSON line and printed."""
+    error_types = collections.Counter(name for row in written_files for name in row["error_types"])
+    num_written = sum(row["rows"] for row in written_files)
+    summary = RunSummary(
+        job=job,
+        inputs=inputs,
+        skipped=inputs - pending,
+        written=num_written,
+        errors=sum(error_types.values()),
+        error_types=dict(error_types),
+        files_written=len(written_files),
+        rows_in_output=rows_in_output,
+        wall_s=wall_s,
+        clips_per_s=num_written / wall_s if num_written else 0.0,
+    )
+    MetricsLog(metrics_file).write(**asdict(summary))
+    print(summary.report())
+    return summary

@@ -18,9 +18,8 @@ of adding a second copy of the rows.
 
 from __future__ import annotations
 
-import collections
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from avgeo.data.manifest import read_manifest
 from avgeo.distributed.data_stages import (
     DECODED_COLUMNS,
     WRITE_NUM_CPUS,
+    RunSummary,
     StageResources,
     actor_pool_options,
     content_file_name,
@@ -51,8 +51,8 @@ from avgeo.distributed.data_stages import (
     input_dataset,
     ok_rows,
     stage_device,
+    summarize_run,
 )
-from avgeo.runlog import MetricsLog
 
 MANIFEST_COLUMNS = ("clip_id", "video_path", "split", "lat", "lon")
 """The manifest columns the feature table keeps."""
@@ -127,40 +127,7 @@ class EmbedConfig:
             )
 
 
-@dataclass
-class EmbedSummary:
-    """What one run of the embedding job did."""
-
-    manifest_rows: int
-    """Rows in the manifest."""
-    skipped: int
-    """Manifest rows already in `out_dir` before the run (not recomputed)."""
-    embedded: int
-    """Rows this run wrote, error rows included."""
-    errors: int
-    """Of those, rows whose clip failed to decode."""
-    error_types: dict[str, int]
-    """Error rows of this run per error type, e.g. {"TruncatedFileError": 1}."""
-    files_written: int
-    """Parquet files this run wrote."""
-    rows_in_output: int
-    """Manifest rows present in `out_dir` after the run (equals manifest_rows when complete)."""
-    wall_s: float
-    """Seconds the run took, Ray start-up excluded."""
-    clips_per_s: float
-    """Rows written per second of wall time (0 when nothing was left to do)."""
-
-    def report(self) -> str:
-        """A few human-readable lines."""
-        errors = ", ".join(f"{name} {count}" for name, count in sorted(self.error_types.items())) or "none"
-        return (
-            f"embed: {self.embedded} rows written ({self.errors} errors: {errors}) in {self.files_written} "
-            f"files, {self.skipped} already done; {self.rows_in_output}/{self.manifest_rows} manifest rows "
-            f"in the output; {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s"
-        )
-
-
-def run_embed(config: EmbedConfig) -> EmbedSummary:
+def run_embed(config: EmbedConfig) -> RunSummary:
     """Embed an AVG manifest into feature-table Parquet files with Ray Data (resumable)."""
     if not ray.is_initialized():
         ray.init()
@@ -172,22 +139,10 @@ def run_embed(config: EmbedConfig) -> EmbedSummary:
     written = build_dataset(pending, config).take_all() if pending.num_rows else []
     wall_s = time.perf_counter() - start_s
 
-    error_types = collections.Counter(name for row in written for name in row["error_types"])
-    num_embedded = sum(row["rows"] for row in written)
-    summary = EmbedSummary(
-        manifest_rows=manifest.num_rows,
-        skipped=manifest.num_rows - pending.num_rows,
-        embedded=num_embedded,
-        errors=sum(error_types.values()),
-        error_types=dict(error_types),
-        files_written=len(written),
-        rows_in_output=pc.sum(_in_output(manifest, out_dir)).as_py() or 0,
-        wall_s=wall_s,
-        clips_per_s=num_embedded / wall_s if num_embedded else 0.0,
+    in_output = pc.sum(_in_output(manifest, out_dir)).as_py() or 0
+    return summarize_run(
+        "embed", manifest.num_rows, pending.num_rows, written, in_output, wall_s, out_dir / METRICS_FILE
     )
-    MetricsLog(out_dir / METRICS_FILE).write(**asdict(summary))
-    print(summary.report())
-    return summary
 
 
 def build_dataset(pending: pa.Table, config: EmbedConfig) -> ray.data.Dataset:

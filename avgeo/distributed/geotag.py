@@ -28,7 +28,7 @@ import hashlib
 import pickle
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from avgeo.data.video_inputs import list_videos
 from avgeo.distributed.data_stages import (
     DECODED_COLUMNS,
     WRITE_NUM_CPUS,
+    RunSummary,
     StageResources,
     actor_pool_options,
     content_file_name,
@@ -57,6 +58,7 @@ from avgeo.distributed.data_stages import (
     input_dataset,
     ok_rows,
     stage_device,
+    summarize_run,
 )
 from avgeo.pipeline import (
     GeolocatorConfig,
@@ -67,7 +69,6 @@ from avgeo.pipeline import (
     Reasoning,
     ReasoningStage,
 )
-from avgeo.runlog import MetricsLog
 
 METRICS_FILE = "metrics.jsonl"
 """One JSON line per run in `out_dir`: what the run geotagged, skipped and how fast."""
@@ -127,40 +128,7 @@ class GeotagConfig:
             raise ValueError("num_buckets, rows_per_file and torch_threads must be >= 1")
 
 
-@dataclass
-class GeotagSummary:
-    """What one run of the geotag job did."""
-
-    inputs: int
-    """Videos the INPUT names."""
-    skipped: int
-    """Of those, clips already in `out_dir` before the run (not redone)."""
-    geotagged: int
-    """Rows this run wrote, error rows included."""
-    errors: int
-    """Of those, rows with an `error`."""
-    error_types: dict[str, int]
-    """Error rows of this run per error type, e.g. {"TruncatedFileError": 1}."""
-    files_written: int
-    """Parquet files this run wrote."""
-    rows_in_output: int
-    """Inputs with a row in `out_dir` after the run (equals `inputs` when complete)."""
-    wall_s: float
-    """Seconds the run took, Ray start-up excluded."""
-    clips_per_s: float
-    """Rows written per second of wall time (0 when nothing was left to do)."""
-
-    def report(self) -> str:
-        """One human-readable line."""
-        errors = ", ".join(f"{name} {count}" for name, count in sorted(self.error_types.items())) or "none"
-        return (
-            f"geotag: {self.geotagged} clips ({self.errors} errors: {errors}) in {self.files_written} files, "
-            f"{self.skipped} already done; {self.rows_in_output}/{self.inputs} inputs in the output; "
-            f"{self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s"
-        )
-
-
-def run_geotag(config: GeotagConfig) -> GeotagSummary:
+def run_geotag(config: GeotagConfig) -> RunSummary:
     """Geotag every video an INPUT names into partitioned predictions Parquet with Ray Data (resumable)."""
     if not ray.is_initialized():
         ray.init()
@@ -172,22 +140,10 @@ def run_geotag(config: GeotagConfig) -> GeotagSummary:
     written = build_dataset(pending, config).take_all() if pending.num_rows else []
     wall_s = time.perf_counter() - start_s
 
-    error_types = collections.Counter(name for row in written for name in row["error_types"])
-    num_geotagged = sum(row["rows"] for row in written)
-    summary = GeotagSummary(
-        inputs=inputs.num_rows,
-        skipped=inputs.num_rows - pending.num_rows,
-        geotagged=num_geotagged,
-        errors=sum(error_types.values()),
-        error_types=dict(error_types),
-        files_written=len(written),
-        rows_in_output=pc.sum(_in_output(inputs, out_dir)).as_py() or 0,
-        wall_s=wall_s,
-        clips_per_s=num_geotagged / wall_s if num_geotagged else 0.0,
+    in_output = pc.sum(_in_output(inputs, out_dir)).as_py() or 0
+    return summarize_run(
+        "geotag", inputs.num_rows, pending.num_rows, written, in_output, wall_s, out_dir / METRICS_FILE
     )
-    MetricsLog(out_dir / METRICS_FILE).write(**asdict(summary))
-    print(summary.report())
-    return summary
 
 
 def build_dataset(pending: pa.Table, config: GeotagConfig) -> ray.data.Dataset:
