@@ -17,7 +17,7 @@ from avgeo.demo import DemoConfig, run_demo
 from avgeo.demo.paths import DemoPaths
 from avgeo.demo.run import FEATURE_KINDS
 from avgeo.demo.steps import Step, run_steps, time_table
-from avgeo.distributed.rfm import model_entries
+from avgeo.distributed.model_registry import model_entries
 from avgeo.perception.icsae import ICSAE
 
 CI_BUDGETS = DemoConfig(

@@ -33,7 +33,7 @@ from avgeo.distributed.evaluate import (
     row_specs,
     run_evaluate,
 )
-from avgeo.distributed.rfm import read_model_entry, save_trained_model
+from avgeo.distributed.model_registry import read_model_entry, save_trained_model
 from avgeo.evaluation import GROUPS, EvaluationRow, evaluate_predictor, markdown_tables
 from avgeo.geo.sphere import SPHERE_AREA_SR
 from avgeo.prediction.baselines import (

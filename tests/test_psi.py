@@ -20,12 +20,11 @@ from avgeo.data.synth import run_synth, synth_preset
 from avgeo.distributed import evaluate
 from avgeo.distributed.evaluate import EvaluateConfig, evaluate_row, row_specs
 from avgeo.distributed.grpo import GRPOConfig, build_calib_head
+from avgeo.distributed.model_registry import read_model_entry, save_trained_model
 from avgeo.distributed.rfm import (
     PSI_DIR,
     RFMJobConfig,
-    read_model_entry,
     run_rfm,
-    save_trained_model,
     training_rows,
 )
 from avgeo.perception.checkpoints import CheckpointError

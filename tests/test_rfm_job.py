@@ -9,15 +9,13 @@ import torch
 
 from avgeo.config import ConfigError, load_config
 from avgeo.data.features import AUDIO_DIM, NUM_AUDIOSET_CLASSES, VISUAL_DIM, features_table, write_features
+from avgeo.distributed.model_registry import model_entries, read_model_entry, save_trained_model
 from avgeo.distributed.rfm import (
     JOB_CONFIG_FILE,
     METRICS_FILE,
     RFMJobConfig,
     build_head,
-    model_entries,
-    read_model_entry,
     run_rfm,
-    save_trained_model,
     training_rows,
 )
 from avgeo.geo.s2cells import cell_tokens

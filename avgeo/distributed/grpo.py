@@ -55,7 +55,7 @@ from transformers import AutoConfig
 from avgeo.config import ConfigError, save_config
 from avgeo.data.features import embedded_rows, labels_latlon, read_features
 from avgeo.distributed.learner import POLICY_DIR, Learner, LearnerConfig, LearnerGroup, Reference
-from avgeo.distributed.rfm import MODEL_FILE, read_model_entry
+from avgeo.distributed.model_registry import MODEL_FILE, read_model_entry
 from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker
 from avgeo.distributed.weight_sync import BroadcastGroupSpec, WeightSyncError
 from avgeo.evaluation import TABLE1_THRESHOLDS_KM
