@@ -14,7 +14,7 @@ numpy arrays and plain Python values only, so they pickle cheaply between proces
 
 A clip's result depends on the clip and the config alone, never on which clips share a batch: the MLLM
 decodes greedily by default (a batch of sampled completions would share one random stream), and the flow
-draws each clip's M base points from its own generator seeded with `seed`.
+starts every clip from the same M base points, drawn from a generator seeded with `seed`.
 
 Model versions are "<name>@<first 12 hex digits of a SHA-256 over the weights>", as in the feature table.
 """
@@ -335,12 +335,44 @@ class PredictionStage:
 
     @torch.no_grad()
     def predict(self, reasonings: Sequence[Reasoning]) -> list[Prediction]:
-        """Sample the density of each clip's ψ and summarise it, in order."""
-        return [self._predict_one(reasoning.psi) for reasoning in reasonings]
+        """Sample the density of each clip's ψ and summarise it, in order: one flow integration for the
+        whole batch, every clip starting from the same M base points (drawn from `seed`)."""
+        if not reasonings:
+            return []
+        config = self.config
+        cond = self._cond(np.stack([reasoning.psi for reasoning in reasonings]))
+        samples, log_density = self.head.sample_with_log_density(
+            cond, config.num_samples, torch.Generator().manual_seed(config.seed), shared_base=True
+        )
+        estimates = point_estimate(samples, log_density)
+        modes = top_k_modes(samples, log_density, config.top_k, config.mode_radius_km)
+        areas_km2 = credible_region_areas_km2(log_density, config.credible_levels)
+        return [
+            Prediction(
+                latlon_deg=_latlon_tuple(estimates[clip]),
+                log_density=float(log_density[clip].max()),
+                modes=[
+                    Mode(_latlon_tuple(xyz), float(mass), float(mode_log_density))
+                    for xyz, mass, mode_log_density, found in zip(
+                        modes.xyz[clip],
+                        modes.mass[clip],
+                        modes.log_density[clip],
+                        ~modes.xyz[clip].isnan().any(dim=-1),
+                        strict=True,
+                    )
+                    if found
+                ],
+                credible_areas_km2={
+                    level: float(area)
+                    for level, area in zip(config.credible_levels, areas_km2[clip], strict=True)
+                },
+            )
+            for clip in range(len(reasonings))
+        ]
 
     def density_png(self, psi: np.ndarray, estimate_latlon_deg: tuple[float, float] | None = None) -> bytes:
         """The density of one clip's ψ (H,) over the globe as PNG bytes, the point estimate marked."""
-        cond = self._cond(psi)
+        cond = self._cond(psi[None])
         with tempfile.TemporaryDirectory(prefix="avgeo-density-") as directory:
             path = plot_density(
                 lambda xyz: self.head.log_density(xyz[None], cond)[0],
@@ -350,32 +382,10 @@ class PredictionStage:
             )
             return path.read_bytes()
 
-    def _predict_one(self, psi: np.ndarray) -> Prediction:
-        config = self.config
-        generator = torch.Generator().manual_seed(config.seed)
-        cond = self._cond(psi)
-        samples, log_density = self.head.sample_with_log_density(cond, config.num_samples, generator)
-        estimate = point_estimate(samples, log_density)[0]
-        modes = top_k_modes(samples, log_density, config.top_k, config.mode_radius_km)
-        areas_km2 = credible_region_areas_km2(log_density, config.credible_levels)[0]
-        found = ~modes.xyz[0].isnan().any(dim=-1)
-        return Prediction(
-            latlon_deg=_latlon_tuple(estimate),
-            log_density=float(log_density[0].max()),
-            modes=[
-                Mode(_latlon_tuple(xyz), float(mass), float(mode_log_density))
-                for xyz, mass, mode_log_density in zip(
-                    modes.xyz[0][found], modes.mass[0][found], modes.log_density[0][found], strict=True
-                )
-            ],
-            credible_areas_km2={
-                level: float(area) for level, area in zip(config.credible_levels, areas_km2, strict=True)
-            },
-        )
-
     def _cond(self, psi: np.ndarray) -> torch.Tensor:
+        """ψ (B, H) as a tensor of the head's dtype and device."""
         parameter = next(self.head.parameters())
-        return torch.as_tensor(psi, dtype=parameter.dtype, device=parameter.device)[None]
+        return torch.as_tensor(psi, dtype=parameter.dtype, device=parameter.device)
 
 
 class Geolocator:

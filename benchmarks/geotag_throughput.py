@@ -1,31 +1,38 @@
 """Geotag throughput: the Ray Data job (`run_geotag`) against the bound its stages imply and a plain loop.
 
-    python benchmarks/geotag_throughput.py --manifest data/avg-synth-demo/manifest.parquet --clips 200
+    python benchmarks/geotag_throughput.py --manifest data/avg-synth-demo/manifest.parquet --clips 600
 
 On the first `--clips` rows of the manifest, in one run:
 1. each stage's CPU-seconds per clip, measured alone in this process (one torch thread, as each actor
    runs, and the config's batch sizes): decode, the visual encoder, CLAP, the IC-SAE, the MLLM, the RFM
-   head (perception is also timed whole, as its actor runs it, on the same clips);
+   head (perception is also timed whole, as its actor runs it, on the same clips). Measured before and
+   after the job runs, and averaged: the same work on this shared machine takes up to ~1.4x longer at
+   some minutes than at others, and the spread printed says how much it drifted during this run;
 2. the bound they imply: cores ÷ Σ CPU-s per clip (decode + perception + MLLM + RFM), the rate at which
    the cores would finish clips if they did nothing but this work;
 3. the Ray Data job's clips/s: end to end (actor start-up and model loading included) on all the clips,
-   and marginal: the extra clips over the extra seconds of that run against one on the first half, which
-   cancels start-up (what a long archive run sees);
-4. a plain single-process loop's clips/s: `Geolocator.geolocate` on each clip in turn (models loaded
-   before the clock starts);
+   and marginal: the extra clips over the extra seconds of that run against one on the first third, which
+   cancels start-up (what a long archive run sees; start-up varies by ~10 s between runs, so the extra
+   clips must take far longer than that: a few hundred); both after an untimed run on a few clips, since a
+   fresh cluster's first job also starts Ray's worker processes;
+4. a plain single-process loop's clips/s: `Geolocator.geolocate` on each of the `--stage-clips` clips in
+   turn (models loaded before the clock starts);
 5. the ratios job / bound and job / plain, and the job's peak memory: the RSS of its Ray worker
    processes, summed, sampled every 0.5 s (shared pages count once per process, so this over-counts);
 6. the job's CPU-seconds per extra clip (the driver and every Ray process, the same two runs) against
-   the stages' sum: what Ray costs beyond the work itself, which other load on the machine changes far
-   less than it changes clips/s.
+   the stages' sum, and where they went: each stage's actors, the decode and write tasks, Ray's own
+   processes (raylet, GCS, dashboard agent, Ray Data's stats, autoscaling and actor-location actors),
+   the driver (Ray Data's streaming executor).
 The load average is printed at the start and the end: other work on the machine slows every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import os
+import re
 import tempfile
 import threading
 import time
@@ -43,13 +50,16 @@ from avgeo.pipeline import Geolocator
 
 ROOT = Path(__file__).resolve().parents[1]
 
+WARM_UP_CLIPS = 16
+"""Clips of the untimed job run that warms up a fresh local Ray cluster."""
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--manifest", type=Path, required=True, help="AVG manifest whose first --clips to use"
     )
-    parser.add_argument("--clips", type=int, default=200, help="clips to geotag")
+    parser.add_argument("--clips", type=int, default=600, help="clips to geotag")
     parser.add_argument("--stage-clips", type=int, default=64, help="clips the per-stage costs are timed on")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "geotag" / "tiny.yaml")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
@@ -68,43 +78,59 @@ def main() -> None:
 
         torch.set_num_threads(config.torch_threads)
         geolocator = Geolocator.from_config(config.geolocator)
-        costs_s = stage_cpu_s(geolocator, paths[: args.stage_clips], config)
-        print(f"CPU-s per clip, each stage alone ({min(args.stage_clips, len(paths))} clips):")
-        for name, seconds in costs_s.items():
-            print(f"  {name:<28} {seconds * 1000:8.1f} ms")
-        total_s = sum(costs_s[name] for name in ("decode", "perception (whole)", "MLLM", "RFM"))
-        bound = args.num_cpus / total_s
-        print(f"  {'sum (decode+perception+MLLM+RFM)':<28} {total_s * 1000:8.1f} ms")
-        print(f"bound: {args.num_cpus} cores / {total_s:.3f} CPU-s = {bound:.2f} clips/s")
+        stage_paths = paths[: args.stage_clips]
+        costs_before_s = stage_cpu_s(geolocator, stage_paths, config)
 
         start_s = time.perf_counter()
-        for path in paths:
+        for path in stage_paths:
             geolocator.geolocate(path)
-        plain_rate = len(paths) / (time.perf_counter() - start_s)
-        print(f"plain loop (Geolocator.geolocate, 1 process, 1 torch thread): {plain_rate:.2f} clips/s")
-        del geolocator
+        plain_rate = len(stage_paths) / (time.perf_counter() - start_s)
 
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        half = rows.num_rows // 2
-        first = run_job(rows.slice(0, half), config, scratch / "first")
+        # A throwaway first run: a fresh cluster's first job also pays for starting Ray's worker processes
+        # and its dashboard agent, which would count against the smaller of the two measured runs.
+        run_job(rows.slice(0, WARM_UP_CLIPS), config, scratch / "warm-up")
+        first = run_job(rows.slice(0, rows.num_rows // 3), config, scratch / "first")
         whole = run_job(rows, config, scratch / "whole")
         ray.shutdown()
+        costs_after_s = stage_cpu_s(geolocator, stage_paths, config)
+
+        print(f"CPU-s per clip, each stage alone ({len(stage_paths)} clips), before / after the job / mean:")
+        costs_s = {}
+        for name, before_s in costs_before_s.items():
+            costs_s[name] = (before_s + costs_after_s[name]) / 2
+            print(
+                f"  {name:<28} {before_s * 1000:8.1f} {costs_after_s[name] * 1000:8.1f} "
+                f"{costs_s[name] * 1000:8.1f} ms"
+            )
+        total_s = sum(costs_s[name] for name in ("decode", "perception (whole)", "MLLM", "RFM"))
+        bound = args.num_cpus / total_s
+        print(f"  {'sum (decode+perception+MLLM+RFM)':<28} {total_s * 1000:26.1f} ms")
+        print(f"bound: {args.num_cpus} cores / {total_s:.3f} CPU-s = {bound:.2f} clips/s")
+        print(f"plain loop (Geolocator.geolocate, 1 process, 1 torch thread): {plain_rate:.2f} clips/s")
+
         end_to_end = whole.clips / whole.wall_s
-        marginal = (whole.clips - first.clips) / (whole.wall_s - first.wall_s)
-        marginal_cpu_s = (whole.cpu_s - first.cpu_s) / (whole.clips - first.clips)
+        extra_clips = whole.clips - first.clips
+        marginal = extra_clips / (whole.wall_s - first.wall_s)
         print(
             f"ray data job ({args.num_cpus} CPUs): {whole.clips} clips in {whole.wall_s:.1f} s = "
             f"{end_to_end:.2f} clips/s end to end; {first.clips} clips in {first.wall_s:.1f} s; marginal: "
-            f"{whole.clips - first.clips} more in {whole.wall_s - first.wall_s:.1f} s = {marginal:.2f}/s"
+            f"{extra_clips} more in {whole.wall_s - first.wall_s:.1f} s = {marginal:.2f}/s"
         )
         print(f"job / bound: {marginal / bound:.2f} marginal, {end_to_end / bound:.2f} end to end")
         print(
             f"job / plain: {marginal / plain_rate:.2f}x marginal, {end_to_end / plain_rate:.2f}x end to end"
         )
+        extra_cpu_s = {
+            name: (whole.cpu_s[name] - first.cpu_s.get(name, 0.0)) / extra_clips for name in whole.cpu_s
+        }
+        marginal_cpu_s = sum(extra_cpu_s.values())
         print(
             f"job CPU-s per extra clip (driver + every Ray process): {marginal_cpu_s * 1000:.1f} ms "
-            f"= {marginal_cpu_s / total_s:.2f} x the stages' sum"
+            f"= {marginal_cpu_s / total_s:.2f} x the stages' sum; by process:"
         )
+        for name, seconds in sorted(extra_cpu_s.items(), key=lambda item: -item[1]):
+            print(f"  {name:<28} {seconds * 1000:8.1f} ms")
         print(f"job peak memory (RSS of Ray worker processes, summed): {whole.peak_bytes / 2**30:.2f} GiB")
     print(f"load average at end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
 
@@ -151,8 +177,8 @@ class JobRun:
     clips: int
     wall_s: float
     """The job's own wall time (`RunSummary.wall_s`): listing, actor start-up, model loading, writing."""
-    cpu_s: float
-    """CPU seconds of the driver and every Ray process during the run."""
+    cpu_s: dict[str, float]
+    """CPU seconds during the run by kind of process (`process_kind`), and of the driver."""
     peak_bytes: int
     """Peak summed RSS of the Ray worker processes."""
 
@@ -172,24 +198,51 @@ def run_job(rows: pa.Table, config: GeotagConfig, scratch: Path) -> JobRun:
         raise SystemExit(
             f"the job wrote {summary.written} rows, {summary.errors} errors: {summary.error_types}"
         )
-    return JobRun(rows.num_rows, summary.wall_s, sampler.children_cpu_s + driver_cpu_s, sampler.peak_bytes)
+    cpu_s = {**sampler.cpu_s_by_kind(), "driver (Ray Data's executor)": driver_cpu_s}
+    return JobRun(rows.num_rows, summary.wall_s, cpu_s, sampler.peak_bytes)
+
+
+STAGE_ACTOR = re.compile(r"MapBatches\((\w+Actor)\)")
+"""A stage actor's process title, e.g. `ray::MapWorker(MapBatches(PerceptionActor))`."""
+
+TASKS = "decode and write tasks"
+SYSTEM = "Ray's own processes"
+
+
+def process_kind(title: str, kind_before: str | None) -> str:
+    """What a process below the driver is: a stage actor (its class), a worker running the decode and write
+    tasks, or one of Ray's own processes. A process keeps the most specific kind it has shown: a worker
+    starts as a plain python command line, idles as `ray::IDLE` and may later become an actor."""
+    actor = STAGE_ACTOR.search(title)
+    if actor:
+        kind = actor.group(1)
+    elif title.startswith("ray::IDLE") or "MapBatches(" in title:
+        kind = TASKS
+    else:
+        kind = SYSTEM
+    ranks = {SYSTEM: 0, TASKS: 1}
+    return kind if kind_before is None or ranks.get(kind, 2) > ranks.get(kind_before, 2) else kind_before
 
 
 class RayProcessSampler:
     """Every 0.5 s: the summed RSS of this process's Ray worker processes (`ray::…`), and the CPU time
-    every process below this one (Ray's own included) spends from `start` on."""
+    every process below this one (Ray's own included) spends from `start` on, by `process_kind`."""
 
     def __init__(self) -> None:
         self.peak_bytes = 0
         self._cpu_s_at_start: dict[int, float] = {}
         self._cpu_s_by_pid: dict[int, float] = {}
+        self._kind_by_pid: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @property
-    def children_cpu_s(self) -> float:
-        """CPU seconds of the processes below this one, as last sampled (up to 0.5 s per process unseen)."""
-        return sum(cpu_s - self._cpu_s_at_start.get(pid, 0.0) for pid, cpu_s in self._cpu_s_by_pid.items())
+    def cpu_s_by_kind(self) -> dict[str, float]:
+        """CPU seconds of the processes below this one by kind, as last sampled (up to 0.5 s per process
+        unseen)."""
+        by_kind: dict[str, float] = collections.defaultdict(float)
+        for pid, cpu_s in self._cpu_s_by_pid.items():
+            by_kind[self._kind_by_pid[pid]] += cpu_s - self._cpu_s_at_start.get(pid, 0.0)
+        return dict(by_kind)
 
     def start(self) -> None:
         # Processes from before the run (Ray's own, idle workers) count only what they spend during it.
@@ -212,8 +265,10 @@ class RayProcessSampler:
             for process in me.children(recursive=True):
                 try:
                     times = process.cpu_times()
+                    title = " ".join(process.cmdline())
                     self._cpu_s_by_pid[process.pid] = times.user + times.system
-                    if process.cmdline()[:1] and process.cmdline()[0].startswith("ray::"):
+                    self._kind_by_pid[process.pid] = process_kind(title, self._kind_by_pid.get(process.pid))
+                    if title.startswith("ray::"):
                         total += process.memory_info().rss
                 except psutil.Error:
                     continue  # a process that exited between the listing and the read

@@ -193,10 +193,15 @@ class RFMHead(nn.Module):
         num_samples: int,
         generator: torch.Generator | None = None,
         guidance_scale: float | None = None,
+        shared_base: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples (B, M, 3) and their log-density (B, M) in nats/sr, from one forward integration."""
+        """Samples (B, M, 3) and their log-density (B, M) in nats/sr, from one forward integration.
+
+        With `shared_base`, every condition flows the same M base points (drawn once from `generator`), so
+        a condition's samples are those it gets alone from the same seed, whichever rows share its batch.
+        """
         samples, divergence_integral = self._flow_from_base(
-            cond, num_samples, generator, guidance_scale, track_divergence=True
+            cond, num_samples, generator, guidance_scale, track_divergence=True, shared_base=shared_base
         )
         return samples, BASE_LOG_DENSITY - divergence_integral
 
@@ -248,10 +253,14 @@ class RFMHead(nn.Module):
         generator: torch.Generator | None,
         guidance_scale: float | None,
         track_divergence: bool,
+        shared_base: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         num_conditions = 1 if cond is None else cond.shape[0]
         flat_cond = self._repeat_cond(cond, num_conditions, num_samples)
-        base_points = sample_uniform(num_conditions * num_samples, generator, dtype=torch.float64)
+        num_draws = num_samples if shared_base else num_conditions * num_samples
+        base_points = sample_uniform(num_draws, generator, dtype=torch.float64)
+        if shared_base:
+            base_points = base_points.repeat(num_conditions, 1)  # rows follow flat_cond: condition-major
         samples, divergence_integral = integrate_on_sphere(
             self._velocity_fn(flat_cond, guidance_scale),
             self._as_parameters(base_points),
