@@ -206,7 +206,9 @@ STAGE_ACTOR = re.compile(r"MapBatches\((\w+Actor)\)")
 """A stage actor's process title, e.g. `ray::MapWorker(MapBatches(PerceptionActor))`."""
 
 TASKS = "decode and write tasks"
+"""Kind of a Ray worker that runs tasks (or idles), never a stage actor."""
 SYSTEM = "Ray's own processes"
+"""Kind of every other process below the driver: raylet, GCS, agents, Ray Data's helper actors."""
 
 
 def process_kind(title: str, kind_before: str | None) -> str:
