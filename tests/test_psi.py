@@ -21,12 +21,8 @@ from avgeo.distributed import evaluate
 from avgeo.distributed.evaluate import EvaluateConfig, evaluate_row, row_specs
 from avgeo.distributed.grpo import GRPOConfig, build_calib_head
 from avgeo.distributed.model_registry import read_model_entry, save_trained_model
-from avgeo.distributed.rfm import (
-    PSI_DIR,
-    RFMJobConfig,
-    run_rfm,
-    training_rows,
-)
+from avgeo.distributed.rfm import PSI_DIR, RFMJobConfig, run_rfm
+from avgeo.distributed.rfm_training import training_rows
 from avgeo.perception.checkpoints import CheckpointError
 from avgeo.perception.embedder import AtomFeaturizer, AudioFeaturizer, ClipEmbedder, VisualFeaturizer
 from avgeo.pipeline import GeolocatorConfig, PerceptionStage, PredictionStage

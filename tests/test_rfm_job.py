@@ -10,14 +10,8 @@ import torch
 from avgeo.config import ConfigError, load_config
 from avgeo.data.features import AUDIO_DIM, NUM_AUDIOSET_CLASSES, VISUAL_DIM, features_table, write_features
 from avgeo.distributed.model_registry import model_entries, read_model_entry, save_trained_model
-from avgeo.distributed.rfm import (
-    JOB_CONFIG_FILE,
-    METRICS_FILE,
-    RFMJobConfig,
-    build_head,
-    run_rfm,
-    training_rows,
-)
+from avgeo.distributed.rfm import JOB_CONFIG_FILE, RFMJobConfig, run_rfm
+from avgeo.distributed.rfm_training import METRICS_FILE, build_head, training_rows
 from avgeo.geo.s2cells import cell_tokens
 from avgeo.geo.sphere import latlon_to_xyz
 from avgeo.prediction.flow import RFMHead

@@ -29,7 +29,7 @@ import torch
 from avgeo.config import ConfigError, config_to_dict
 from avgeo.data.features import embedded_rows, feature_matrix, labels_latlon, read_features
 from avgeo.distributed.model_registry import HEAD_TYPES, MODEL_FILE, ModelEntry, model_entries
-from avgeo.distributed.rfm import FEATURE_COLUMNS
+from avgeo.distributed.rfm_training import FEATURE_COLUMNS
 from avgeo.evaluation import GROUP_OF_FEATURE_KIND, EvaluationRow, evaluate_predictor, markdown_tables
 from avgeo.prediction.baselines import GalleryPredictor, LateFusion
 from avgeo.prediction.heads import GeoPredictor
