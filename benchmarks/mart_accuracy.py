@@ -26,7 +26,8 @@ import torch
 
 from avgeo.cli import parse_overrides
 from avgeo.config import load_config
-from avgeo.distributed.mart import FACTORY_FILE, MartConfig, read_mixtures, run_mart
+from avgeo.distributed.mart import MartConfig, run_mart
+from avgeo.distributed.mart_factory import FACTORY_FILE, read_mixtures
 from avgeo.perception.icsae import ICSAE
 from avgeo.perception.mart import (
     DecompositionAccuracy,

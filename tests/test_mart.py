@@ -15,16 +15,8 @@ import torch
 from avgeo.config import ConfigError, load_config
 from avgeo.data.audioset import audioset_classes
 from avgeo.data.soundbank import REFERENCE_RMS, SoundBank
-from avgeo.distributed.mart import (
-    FACTORY_FILE,
-    ICSAE_DIR,
-    METRICS_FILE,
-    MartConfig,
-    build_factory,
-    mixture_schema,
-    read_mixtures,
-    run_mart,
-)
+from avgeo.distributed.mart import ICSAE_DIR, METRICS_FILE, MartConfig, run_mart
+from avgeo.distributed.mart_factory import FACTORY_FILE, build_factory, mixture_schema, read_mixtures
 from avgeo.perception.audio import AudioEncoder
 from avgeo.perception.icsae import ICSAE, ICSAEConfig
 from avgeo.perception.mart import (
