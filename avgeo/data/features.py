@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from avgeo.config import ConfigError
 from avgeo.data.parquet_files import parquet_files, write_parquet_atomically
 
 VISUAL_DIM = 512
@@ -266,6 +267,19 @@ def validate_features(table: pa.Table, source: str) -> pa.Table:
 def embedded_rows(table: pa.Table) -> pa.Table:
     """The rows whose clip embedded (`error` is null)."""
     return table.filter(pc.is_null(table["error"]))
+
+
+def embedded_split(path: str | Path, split: str, columns: Sequence[str], setting: str) -> pa.Table:
+    """The embedded rows of `split` in the feature table at `path`, `columns` of them (`split` and `error`
+    among them); a ConfigError naming the config `setting` that chose the split when there are none."""
+    table = embedded_rows(read_features(path, columns=columns))
+    table = table.filter(pc.equal(table["split"], split))
+    if table.num_rows == 0:
+        raise ConfigError(
+            f"{path}: no embedded rows of split {split!r}; check {setting} and that the embedding job has "
+            "run on this manifest"
+        )
+    return table
 
 
 def feature_matrix(table: pa.Table, kind: FeatureKind) -> np.ndarray:

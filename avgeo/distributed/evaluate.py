@@ -23,11 +23,10 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from avgeo.config import ConfigError, config_to_dict
-from avgeo.data.features import embedded_rows, feature_matrix, labels_latlon, read_features
+from avgeo.data.features import embedded_split, feature_matrix, labels_latlon
 from avgeo.distributed.model_registry import HEAD_TYPES, MODEL_FILE, ModelEntry, model_entries
 from avgeo.distributed.rfm_training import FEATURE_COLUMNS
 from avgeo.evaluation import GROUP_OF_FEATURE_KIND, EvaluationRow, evaluate_predictor, markdown_tables
@@ -296,14 +295,7 @@ def _test_psi(entry: ModelEntry, table: pa.Table, config: EvaluateConfig, device
 
 def _test_rows(config: EvaluateConfig, with_psi_inputs: bool = False) -> pa.Table:
     columns = [*FEATURE_COLUMNS, *PSI_INPUT_COLUMNS] if with_psi_inputs else ["clip_id", *FEATURE_COLUMNS]
-    table = embedded_rows(read_features(config.features, columns=columns))
-    table = table.filter(pc.equal(table["split"], config.split))
-    if table.num_rows == 0:
-        raise ConfigError(
-            f"{config.features}: no embedded rows of split {config.split!r}; check `split` and that the "
-            "embedding job has run on this manifest"
-        )
-    return table
+    return embedded_split(config.features, config.split, columns, "`split`")
 
 
 def _file_name(label: str) -> str:

@@ -48,12 +48,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow.compute as pc
 from tqdm import tqdm
 from transformers import AutoConfig
 
 from avgeo.config import ConfigError, save_config
-from avgeo.data.features import embedded_rows, labels_latlon, read_features
+from avgeo.data.features import embedded_split, labels_latlon
 from avgeo.distributed.learner import POLICY_DIR, Learner, LearnerConfig, LearnerGroup, Reference
 from avgeo.distributed.model_registry import MODEL_FILE, read_model_entry
 from avgeo.distributed.rollout import PromptBatch, RewardFn, Rollouts, RolloutWorker
@@ -485,13 +484,7 @@ def generation_seed(seed: int, step: int, worker: int) -> int:
 
 def load_prompts(config: GRPOConfig, split: str, max_clips: int | None = None) -> PromptBatch:
     """The embedded rows of `split` (the first `max_clips`) as prompts."""
-    table = embedded_rows(read_features(config.features, columns=_FEATURE_COLUMNS))
-    table = table.filter(pc.equal(table["split"], split))
-    if table.num_rows == 0:
-        raise ConfigError(
-            f"{config.features}: no embedded rows of split {split!r}; check train_split / eval_split and "
-            "that the embedding job has run on this manifest"
-        )
+    table = embedded_split(config.features, split, _FEATURE_COLUMNS, "train_split / eval_split")
     if max_clips is not None:
         table = table.slice(0, max_clips)
     visual_per_frame, atoms = mllm_features(table, config.mllm.num_frames)

@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from avgeo.config import ConfigError
-from avgeo.data.features import embedded_rows, feature_matrix, labels_latlon, read_features
+from avgeo.data.features import embedded_split, feature_matrix, labels_latlon
 from avgeo.perception.checkpoints import CheckpointError
 from avgeo.prediction.baselines import CellClassifierHead, RegressionHead, class_cells
 from avgeo.prediction.heads import FlowHead, GeoHead
@@ -56,14 +54,7 @@ def build_head(config: RFMJobConfig, feature_dim: int, train_latlon_deg: np.ndar
 
 def training_table(config: RFMJobConfig, columns: list[str]) -> pa.Table:
     """The embedded rows of `config.train_split` (`columns` of them, `split` and `error` included)."""
-    table = embedded_rows(read_features(config.features, columns=columns))
-    table = table.filter(pc.equal(table["split"], config.train_split))
-    if table.num_rows == 0:
-        raise ConfigError(
-            f"{config.features}: no embedded rows of split {config.train_split!r}; check train_split and "
-            "that the embedding job has run on this manifest"
-        )
-    return table
+    return embedded_split(config.features, config.train_split, columns, "train_split")
 
 
 def training_rows(config: RFMJobConfig, psi_file: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
