@@ -6,6 +6,7 @@
 - `decode_batch`: the decode task. It adds the decoded clip as raw bytes (`frames`, `frames_shape`,
   `frame_times_s`, `audio`, `duration_s`), an `error` ("<ErrorType>: <message>", null when the clip
   decoded) and `decode_s`; `decoded_clips` turns those columns back into `DecodedClip`s in an actor.
+- `prepare_model_worker`: the process settings of an actor that runs a model stage.
 - `content_file_name`: names an output file by the ids it holds, so a retried write task replaces its own
   file instead of adding a second copy of its rows.
 """
@@ -28,6 +29,7 @@ import ray.data
 from avgeo.data.decode import DecodeConfig, DecodedClip, decode_clip
 from avgeo.data.errors import DecodeError, MissingFileError
 from avgeo.data.video_inputs import local_video
+from avgeo.distributed.allocator import retain_freed_memory
 from avgeo.runlog import MetricsLog
 
 WRITE_NUM_CPUS = 0.25
@@ -74,6 +76,15 @@ def actor_pool_options(stage: StageResources) -> dict[str, Any]:
 def stage_device(stage: StageResources) -> str:
     """The torch device of a stage's model: CUDA when it holds a GPU share."""
     return "cuda" if stage.num_gpus > 0 else "cpu"
+
+
+def prepare_model_worker(torch_threads: int) -> None:
+    """Set up this process to run a model stage's batches: `torch_threads` torch threads, and glibc malloc
+    keeping freed memory for the next batch (`avgeo.distributed.allocator`)."""
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    retain_freed_memory()
 
 
 def input_dataset(rows: pa.Table, decode_stage: StageResources, config: DecodeConfig) -> ray.data.Dataset:

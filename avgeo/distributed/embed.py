@@ -50,6 +50,7 @@ from avgeo.distributed.data_stages import (
     decode_or_error,
     input_dataset,
     ok_rows,
+    prepare_model_worker,
     stage_device,
     summarize_run,
 )
@@ -233,11 +234,9 @@ class VisualStage:
     """Actor: frames -> `visual_per_frame`, `visual_mean`, `visual_model`, `visual_s`; drops the frames."""
 
     def __init__(self, model: str, device: str, frames_per_forward: int, torch_threads: int) -> None:
-        import torch
-
         from avgeo.perception.embedder import VisualFeaturizer
 
-        torch.set_num_threads(torch_threads)
+        prepare_model_worker(torch_threads)
         self.featurizer = VisualFeaturizer.load(model, device, frames_per_forward)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -260,11 +259,9 @@ class AudioStage:
     def __init__(
         self, model: str, device: str, hop_s: float, windows_per_forward: int, torch_threads: int
     ) -> None:
-        import torch
-
         from avgeo.perception.embedder import AudioFeaturizer
 
-        torch.set_num_threads(torch_threads)
+        prepare_model_worker(torch_threads)
         self.featurizer = AudioFeaturizer.load(model, device, hop_s, windows_per_forward)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -282,11 +279,9 @@ class AtomStage:
     """Actor: `audio_projection` -> `atoms`, `atom_class_strength`, `icsae_model`, `icsae_s`."""
 
     def __init__(self, model: str, device: str, num_atoms: int, torch_threads: int) -> None:
-        import torch
-
         from avgeo.perception.embedder import AtomFeaturizer
 
-        torch.set_num_threads(torch_threads)
+        prepare_model_worker(torch_threads)
         self.featurizer = AtomFeaturizer.load(model, num_atoms, device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
