@@ -82,7 +82,7 @@ def videos(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(videos, ray_local, tmp_path_factory):
-    """The folder geotagged with heatmaps, 3 rows per write task over 3 buckets."""
+    """The folder geotagged with heatmaps, 3 rows per write over 3 buckets."""
     out_dir = tmp_path_factory.mktemp("predictions")
     config = load_config(
         GeotagConfig, TINY_CONFIG, input=str(videos), out_dir=str(out_dir), heatmaps=True, **SMALL

@@ -1,13 +1,15 @@
 """The geotag job: a folder, glob or manifest of videos -> the predictions table (`avgeo.data.predictions`).
 
     list (driver) -> decode (CPU tasks) -> PerceptionStage -> ReasoningStage -> PredictionStage
-    (actor pools) -> Parquet files partitioned by a hash bucket of the clip id (tasks)
+    (actor pools) -> Parquet files partitioned by a hash bucket of the clip id (PredictionWriter actor)
 
 The three actor pools run the composed Geolocator's stage classes (`avgeo.pipeline`), each loading only its
 own models, so a clip's row holds what `Geolocator.geolocate` returns for it. Between stages a batch is an
 Arrow table: the input's `clip_id` and `video_path`, the decoded clip (`avgeo.distributed.data_stages`,
 dropped once perceived), `error`, each stage's output pickled (`perception`, `reasoning`, `prediction`:
-numpy arrays and plain values only), its seconds and its model versions.
+numpy arrays and plain values only), its seconds and its model versions. The prediction actor replaces
+the pickled outputs with each clip's finished row values (`with_results`), so the writer
+(`avgeo.distributed.prediction_files`) needs none of the model code.
 
 Exactly one row per input: a clip that fails to decode gets its `error` in the decode task, and a clip
 on which a stage raises gets "<ErrorType>: <message>" there (a failing batch is re-run clip by clip, so
@@ -16,13 +18,12 @@ one bad clip does not take its batch-mates down); an error row passes every late
 Resume: the clip ids already in `out_dir`'s Parquet files are read before anything is decoded and left
 out, so a re-run after an interruption geotags only what is missing. Each file is written whole or not at
 all (temp file + rename) and named by a hash of the ids it holds, so a killed run leaves no half file and
-a retried write task replaces its own file instead of adding a second copy of its rows.
+a retried write replaces its own file instead of adding a second copy of its rows.
 """
 
 from __future__ import annotations
 
 import abc
-import collections
 import dataclasses
 import hashlib
 import pickle
@@ -38,14 +39,7 @@ import ray
 import ray.data
 
 from avgeo.data.parquet_files import write_bytes_atomically
-from avgeo.data.predictions import (
-    MODEL_FIELDS,
-    TIMING_FIELDS,
-    bucket_folder,
-    predictions_table,
-    read_predictions,
-    write_predictions,
-)
+from avgeo.data.predictions import MODEL_FIELDS, read_predictions
 from avgeo.data.video_inputs import list_videos
 from avgeo.distributed.data_stages import (
     DECODED_COLUMNS,
@@ -53,13 +47,14 @@ from avgeo.distributed.data_stages import (
     RunSummary,
     StageResources,
     actor_pool_options,
-    content_file_name,
     decoded_clips,
     input_dataset,
     ok_rows,
+    prepare_model_worker,
     stage_device,
     summarize_run,
 )
+from avgeo.distributed.prediction_files import RESULT_COLUMN, PredictionWriter
 from avgeo.pipeline import (
     GeolocatorConfig,
     Perception,
@@ -95,8 +90,8 @@ class GeotagConfig:
     num_buckets: int = 16
     """Partition folders `bucket=KK` the rows are spread over by a hash of their clip id."""
     rows_per_file: int = 256
-    """Most rows per write task, split over the buckets they fall in; also the most finished work a crash
-    can lose (rows not yet written)."""
+    """Most rows per write (one batch of the writer actor), split over the buckets they fall in; also the
+    most finished work a crash can lose (rows not yet written)."""
     torch_threads: int = 1
     """torch threads per actor: small models on shared cores run fastest with 1 each."""
     decode_stage: StageResources = field(
@@ -165,13 +160,16 @@ def build_dataset(pending: pa.Table, config: GeotagConfig) -> ray.data.Dataset:
             },
             **actor_pool_options(stage),
         )
+    writer = StageResources(num_cpus=WRITE_NUM_CPUS, pool_size=1, batch_size=config.rows_per_file)
     return dataset.map_batches(
-        write_batch,
-        fn_kwargs={"out_dir": str(config.out_dir), "num_buckets": config.num_buckets},
-        batch_format="pyarrow",
-        batch_size=config.rows_per_file,
-        num_cpus=WRITE_NUM_CPUS,
+        PredictionWriter,
+        fn_constructor_kwargs={"out_dir": str(config.out_dir), "num_buckets": config.num_buckets},
+        **actor_pool_options(writer),
     )
+
+
+STAGE_OUTPUTS = ("perception", "reasoning", "prediction")
+"""Columns of the three stages' pickled outputs, in order."""
 
 
 class StageFailure(str):
@@ -205,9 +203,7 @@ class _StageActor(abc.ABC):
     """`timings` field of the stage's seconds per clip."""
 
     def __init__(self, torch_threads: int) -> None:
-        import torch
-
-        torch.set_num_threads(torch_threads)
+        prepare_model_worker(torch_threads)
         self.models: dict[str, str] = {}
 
     @abc.abstractmethod
@@ -282,8 +278,11 @@ class PredictionActor(_StageActor):
         return self.stage.predict(inputs)
 
     def finish(self, batch: pa.Table) -> pa.Table:
-        if self.heatmaps_dir is None:
-            return batch
+        if self.heatmaps_dir is not None:
+            batch = self._with_heatmaps(batch)
+        return with_results(batch)
+
+    def _with_heatmaps(self, batch: pa.Table) -> pa.Table:
         rows = ok_rows(batch)
         jobs = [
             (batch["clip_id"][row].as_py(), pickle.loads(batch["reasoning"][row].as_py()).psi,
@@ -331,6 +330,19 @@ def append_outputs(
     return batch
 
 
+def with_results(batch: pa.Table) -> pa.Table:
+    """The batch with each geotagged clip's `result_row`, pickled, as `RESULT_COLUMN`, in place of the
+    stages' pickled outputs and the `model_<name>` columns: all the write stage needs."""
+    results: list[bytes | None] = [None] * batch.num_rows
+    for row in ok_rows(batch):
+        stages = (pickle.loads(batch[column][row].as_py()) for column in STAGE_OUTPUTS)
+        models = {name: batch[f"model_{name}"][row].as_py() for name in MODEL_FIELDS}
+        results[row] = pickle.dumps(result_row(*stages, models), protocol=5)
+    model_columns = [name for name in batch.column_names if name.startswith("model_")]
+    batch = batch.drop_columns([*STAGE_OUTPUTS, *model_columns])
+    return batch.append_column(RESULT_COLUMN, pa.array(results, pa.large_binary()))
+
+
 def result_row(
     perception: Perception, reasoning: Reasoning, prediction: Prediction, models: dict[str, str]
 ) -> dict[str, Any]:
@@ -360,35 +372,6 @@ def result_row(
         "parse_error": reasoning.parse_error,
         "models": {name: models[name] for name in MODEL_FIELDS},
     }
-
-
-def write_batch(batch: pa.Table, out_dir: str, num_buckets: int) -> pa.Table:
-    """Write a batch of finished rows as one predictions file per bucket; one output row per file."""
-    by_bucket: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
-    for row in batch.to_pylist():
-        clip = {
-            "clip_id": row["clip_id"],
-            "video_path": row["video_path"],
-            "error": row["error"],
-            "timings": {name: row.get(name) for name in TIMING_FIELDS},
-        }
-        if row["error"] is None:
-            models = {name: row[f"model_{name}"] for name in MODEL_FIELDS}
-            stages = (pickle.loads(row[column]) for column in ("perception", "reasoning", "prediction"))
-            clip.update(result_row(*stages, models), heatmap_path=row.get("heatmap_path"))
-        by_bucket[bucket_folder(row["clip_id"], num_buckets)].append(clip)
-    files, counts, error_types = [], [], []
-    for folder, clips in sorted(by_bucket.items()):
-        table = predictions_table(clips)
-        # Named by content: a retried task rewrites the same file rather than adding a copy of its rows.
-        name = f"{folder}/{content_file_name(table['clip_id'].to_pylist())}"
-        write_predictions(table, Path(out_dir) / name)
-        files.append(name)
-        counts.append(table.num_rows)
-        error_types.append([error.split(":", 1)[0] for error in table["error"].to_pylist() if error])
-    return pa.table(
-        {"file": files, "rows": counts, "error_types": pa.array(error_types, pa.list_(pa.string()))}
-    )
 
 
 def _in_output(inputs: pa.Table, out_dir: Path) -> pa.ChunkedArray:
