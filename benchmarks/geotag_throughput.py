@@ -19,8 +19,13 @@ On the first `--clips` rows of the manifest, in one run:
    turn (models loaded before the clock starts);
 5. the ratios job / bound and job / plain, and the job's peak memory: the RSS of its Ray worker
    processes, summed, sampled every 0.5 s (shared pages count once per process, so this over-counts);
-6. the job's CPU-seconds per extra clip (the driver and every Ray process, the same two runs) against
-   the stages' sum, and where they went: each stage's actors, the decode and write tasks, Ray's own
+6. the same stage costs with the cores shared the way the job shares them: `--processes-per-core` x cores
+   processes timing the stages at once (no Ray), against the costs alone timed just before (the machine's
+   speed drifts by the minute), and the bound those imply. A process that shares its
+   core with others is switched in and out and finds its caches holding the others' data, so the same
+   work takes it more CPU time; no pipeline that runs more processes than cores escapes that;
+7. the job's CPU-seconds per extra clip (the driver and every Ray process, the same two runs) against
+   the stages' sum, and where they went: each stage's actors, the writer, the decode tasks, Ray's own
    processes (raylet, GCS, dashboard agent, Ray Data's stats, autoscaling and actor-location actors),
    the driver (Ray Data's streaming executor).
 The load average is printed at the start and the end: other work on the machine slows every figure.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import multiprocessing
 import os
 import re
 import tempfile
@@ -44,6 +50,7 @@ import pyarrow.parquet as pq
 
 from avgeo.config import load_config
 from avgeo.data.manifest import read_manifest
+from avgeo.distributed.allocator import retain_freed_memory
 from avgeo.distributed.data_stages import decode_or_error
 from avgeo.distributed.geotag import GeotagConfig, run_geotag
 from avgeo.pipeline import Geolocator
@@ -62,6 +69,12 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=600, help="clips to geotag")
     parser.add_argument("--stage-clips", type=int, default=64, help="clips the per-stage costs are timed on")
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "geotag" / "tiny.yaml")
+    parser.add_argument(
+        "--processes-per-core",
+        type=int,
+        default=3,
+        help="processes sharing each core for the shared-core costs (the job: 3 actors, decode tasks)",
+    )
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray cluster")
     args = parser.parse_args()
 
@@ -76,7 +89,9 @@ def main() -> None:
         paths = rows["video_path"].to_pylist()
         print(f"{len(paths)} clips from {args.manifest}; config {args.config}")
 
+        # The same process settings as the job's stage actors, so "alone" differs from them only by Ray.
         torch.set_num_threads(config.torch_threads)
+        retain_freed_memory()
         geolocator = Geolocator.from_config(config.geolocator)
         stage_paths = paths[: args.stage_clips]
         costs_before_s = stage_cpu_s(geolocator, stage_paths, config)
@@ -94,6 +109,8 @@ def main() -> None:
         whole = run_job(rows, config, scratch / "whole")
         ray.shutdown()
         costs_after_s = stage_cpu_s(geolocator, stage_paths, config)
+        processes = args.processes_per_core * args.num_cpus
+        costs_shared_s = shared_core_stage_cpu_s(processes, stage_paths, args.config)
 
         print(f"CPU-s per clip, each stage alone ({len(stage_paths)} clips), before / after the job / mean:")
         costs_s = {}
@@ -103,7 +120,7 @@ def main() -> None:
                 f"  {name:<28} {before_s * 1000:8.1f} {costs_after_s[name] * 1000:8.1f} "
                 f"{costs_s[name] * 1000:8.1f} ms"
             )
-        total_s = sum(costs_s[name] for name in ("decode", "perception (whole)", "MLLM", "RFM"))
+        total_s = sum(costs_s[name] for name in STAGES_OF_A_CLIP)
         bound = args.num_cpus / total_s
         print(f"  {'sum (decode+perception+MLLM+RFM)':<28} {total_s * 1000:26.1f} ms")
         print(f"bound: {args.num_cpus} cores / {total_s:.3f} CPU-s = {bound:.2f} clips/s")
@@ -118,6 +135,17 @@ def main() -> None:
             f"{extra_clips} more in {whole.wall_s - first.wall_s:.1f} s = {marginal:.2f}/s"
         )
         print(f"job / bound: {marginal / bound:.2f} marginal, {end_to_end / bound:.2f} end to end")
+        print(f"CPU-s per clip, each stage with {processes} processes sharing the {args.num_cpus} cores:")
+        for name, shared_s in costs_shared_s.items():
+            ratio = shared_s / costs_after_s[name]
+            print(f"  {name:<28} {shared_s * 1000:8.1f} ms = {ratio:.2f} x alone just before")
+        shared_total_s = sum(costs_shared_s[name] for name in STAGES_OF_A_CLIP)
+        shared_bound = args.num_cpus / shared_total_s
+        print(
+            f"shared-core bound: {args.num_cpus} cores / {shared_total_s:.3f} CPU-s = "
+            f"{shared_bound:.2f} clips/s"
+        )
+        print(f"job / shared-core bound: {marginal / shared_bound:.2f} marginal")
         print(
             f"job / plain: {marginal / plain_rate:.2f}x marginal, {end_to_end / plain_rate:.2f}x end to end"
         )
@@ -133,6 +161,41 @@ def main() -> None:
             print(f"  {name:<28} {seconds * 1000:8.1f} ms")
         print(f"job peak memory (RSS of Ray worker processes, summed): {whole.peak_bytes / 2**30:.2f} GiB")
     print(f"load average at end: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
+
+
+STAGES_OF_A_CLIP = ("decode", "perception (whole)", "MLLM", "RFM")
+"""The stage costs whose sum is a clip's CPU time (the encoders and IC-SAE are perception's parts)."""
+
+
+def shared_core_stage_cpu_s(processes: int, paths: list[str], config_path: Path) -> dict[str, float]:
+    """`stage_cpu_s` timed in `processes` processes at once, averaged over them: what each stage costs
+    when the cores are shared by that many processes busy with the same work."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_time_stages_together, args=(start, results, paths, config_path))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    costs = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return {name: sum(cost[name] for cost in costs) / len(costs) for name in costs[0]}
+
+
+def _time_stages_together(start, results, paths: list[str], config_path: Path) -> None:
+    """One of `shared_core_stage_cpu_s`'s processes: load the models, wait for the others, time the stages."""
+    import torch
+
+    config = load_config(GeotagConfig, config_path, input="unused", out_dir="unused")
+    torch.set_num_threads(config.torch_threads)
+    retain_freed_memory()
+    geolocator = Geolocator.from_config(config.geolocator)
+    stage_cpu_s(geolocator, paths[: config.perception_stage.batch_size], config)  # warm-up
+    start.wait()
+    results.put(stage_cpu_s(geolocator, paths, config))
 
 
 def stage_cpu_s(geolocator: Geolocator, paths: list[str], config: GeotagConfig) -> dict[str, float]:
@@ -202,17 +265,17 @@ def run_job(rows: pa.Table, config: GeotagConfig, scratch: Path) -> JobRun:
     return JobRun(rows.num_rows, summary.wall_s, cpu_s, sampler.peak_bytes)
 
 
-STAGE_ACTOR = re.compile(r"MapBatches\((\w+Actor)\)")
-"""A stage actor's process title, e.g. `ray::MapWorker(MapBatches(PerceptionActor))`."""
+STAGE_ACTOR = re.compile(r"MapBatches\((\w+(?:Actor|Writer))\)")
+"""A stage actor's process title, e.g. `ray::MapWorker(MapBatches(PerceptionActor))`, or the writer's."""
 
-TASKS = "decode and write tasks"
+TASKS = "decode tasks"
 """Kind of a Ray worker that runs tasks (or idles), never a stage actor."""
 SYSTEM = "Ray's own processes"
 """Kind of every other process below the driver: raylet, GCS, agents, Ray Data's helper actors."""
 
 
 def process_kind(title: str, kind_before: str | None) -> str:
-    """What a process below the driver is: a stage actor (its class), a worker running the decode and write
+    """What a process below the driver is: a stage actor (its class), the writer, a worker running the decode
     tasks, or one of Ray's own processes. A process keeps the most specific kind it has shown: a worker
     starts as a plain python command line, idles as `ray::IDLE` and may later become an actor."""
     actor = STAGE_ACTOR.search(title)
