@@ -222,7 +222,7 @@ def summarize_run(
     wall_s: float,
     metrics_file: Path,
 ) -> RunSummary:
-    """The summary of a run whose write tasks returned `written_files` (`rows`, `error_types` each),
+    """The summary of a run whose writes returned `written_files` (`rows`, `error_types` each),
     appended to `metrics_file` as a JSON line and printed."""
     error_types = collections.Counter(name for row in written_files for name in row["error_types"])
     num_written = sum(row["rows"] for row in written_files)
