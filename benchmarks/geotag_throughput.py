@@ -50,8 +50,7 @@ import pyarrow.parquet as pq
 
 from avgeo.config import load_config
 from avgeo.data.manifest import read_manifest
-from avgeo.distributed.allocator import retain_freed_memory
-from avgeo.distributed.data_stages import decode_or_error
+from avgeo.distributed.data_stages import decode_or_error, prepare_model_worker
 from avgeo.distributed.geotag import GeotagConfig, run_geotag
 from avgeo.pipeline import Geolocator
 
@@ -79,7 +78,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
-    import torch
 
     print(f"load average at start: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="geotag-bench-") as scratch:
@@ -90,8 +88,7 @@ def main() -> None:
         print(f"{len(paths)} clips from {args.manifest}; config {args.config}")
 
         # The same process settings as the job's stage actors, so "alone" differs from them only by Ray.
-        torch.set_num_threads(config.torch_threads)
-        retain_freed_memory()
+        prepare_model_worker(config.torch_threads)
         geolocator = Geolocator.from_config(config.geolocator)
         stage_paths = paths[: args.stage_clips]
         costs_before_s = stage_cpu_s(geolocator, stage_paths, config)
@@ -167,11 +164,16 @@ STAGES_OF_A_CLIP = ("decode", "perception (whole)", "MLLM", "RFM")
 """The stage costs whose sum is a clip's CPU time (the encoders and IC-SAE are perception's parts)."""
 
 
+SHARED_TIMEOUT_S = 900
+"""Longest wait for the shared-core processes to load their models, and then to time the stages."""
+
+
 def shared_core_stage_cpu_s(processes: int, paths: list[str], config_path: Path) -> dict[str, float]:
     """`stage_cpu_s` timed in `processes` processes at once, averaged over them: what each stage costs
     when the cores are shared by that many processes busy with the same work."""
     context = multiprocessing.get_context("spawn")
-    start = context.Barrier(processes)
+    # Timeouts, so one worker that dies (out of memory, a bad clip) fails the benchmark instead of hanging it.
+    start = context.Barrier(processes, timeout=SHARED_TIMEOUT_S)
     results = context.Queue()
     workers = [
         context.Process(target=_time_stages_together, args=(start, results, paths, config_path))
@@ -179,7 +181,7 @@ def shared_core_stage_cpu_s(processes: int, paths: list[str], config_path: Path)
     ]
     for worker in workers:
         worker.start()
-    costs = [results.get() for _ in workers]
+    costs = [results.get(timeout=SHARED_TIMEOUT_S) for _ in workers]
     for worker in workers:
         worker.join()
     return {name: sum(cost[name] for cost in costs) / len(costs) for name in costs[0]}
@@ -187,11 +189,8 @@ def shared_core_stage_cpu_s(processes: int, paths: list[str], config_path: Path)
 
 def _time_stages_together(start, results, paths: list[str], config_path: Path) -> None:
     """One of `shared_core_stage_cpu_s`'s processes: load the models, wait for the others, time the stages."""
-    import torch
-
     config = load_config(GeotagConfig, config_path, input="unused", out_dir="unused")
-    torch.set_num_threads(config.torch_threads)
-    retain_freed_memory()
+    prepare_model_worker(config.torch_threads)
     geolocator = Geolocator.from_config(config.geolocator)
     stage_cpu_s(geolocator, paths[: config.perception_stage.batch_size], config)  # warm-up
     start.wait()

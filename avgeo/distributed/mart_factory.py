@@ -34,7 +34,7 @@ import torch
 from avgeo.config import ConfigError, config_to_dict
 from avgeo.data.audioset import class_by_mid
 from avgeo.data.soundbank import SoundBank
-from avgeo.distributed.data_stages import StageResources
+from avgeo.distributed.data_stages import StageResources, actor_pool_options, stage_device
 from avgeo.perception.mart import (
     PAD_CLASS,
     MixtureBatch,
@@ -144,13 +144,7 @@ def build_factory(config: MartConfig) -> tuple[Path, float | None]:
         compute=ray.data.TaskPoolStrategy(size=render.pool_size),
     )
     dataset = dataset.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs={"factory": factory},
-        batch_format="pyarrow",
-        batch_size=encode.batch_size,
-        num_cpus=encode.num_cpus,
-        num_gpus=encode.num_gpus,
-        compute=ray.data.ActorPoolStrategy(size=encode.pool_size),
+        EncodeStage, fn_constructor_kwargs={"factory": factory}, **actor_pool_options(encode)
     )
     try:
         dataset.write_parquet(str(staging))
@@ -200,7 +194,7 @@ class EncodeStage:
         from avgeo.perception.audio import AudioEncoder
 
         torch.set_num_threads(factory.torch_threads)
-        device = "cuda" if factory.encode_stage.num_gpus > 0 else "cpu"
+        device = stage_device(factory.encode_stage)
         self.encoder = AudioEncoder.from_pretrained(factory.encoder).to(device)
         if self.encoder.sample_rate_hz != factory.sample_rate_hz:
             raise ConfigError(
