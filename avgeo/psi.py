@@ -38,9 +38,10 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from avgeo.config import config_to_dict
-from avgeo.pipeline import GeolocatorConfig, Perception, ReasoningStage
+from avgeo.pipeline import GeolocatorConfig, ReasoningStage
 from avgeo.reasoning.mllm import MLLMConfig
 from avgeo.reasoning.warmup import mllm_features
+from avgeo.stage_outputs import Perception
 
 PSI = "psi"
 """The feature kind of heads conditioned on ψ (`feature_kind: psi` in the rfm job)."""

@@ -33,15 +33,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.schema import ServeDeploySchema
 
 from avgeo.config import config_to_dict, load_config
-from avgeo.pipeline import (
-    GeolocationResult,
-    Perception,
-    PerceptionStage,
-    Prediction,
-    PredictionStage,
-    Reasoning,
-    ReasoningStage,
-)
+from avgeo.pipeline import PerceptionStage, PredictionStage, ReasoningStage
 from avgeo.serving import (
     UPLOAD_FIELD,
     RequestError,
@@ -50,6 +42,7 @@ from avgeo.serving import (
     decode_upload,
     read_upload,
 )
+from avgeo.stage_outputs import GeolocationResult, Perception, Prediction, Reasoning
 
 API_VERSION = "1"
 

@@ -55,15 +55,8 @@ from avgeo.distributed.data_stages import (
     summarize_run,
 )
 from avgeo.distributed.prediction_files import RESULT_COLUMN, PredictionWriter
-from avgeo.pipeline import (
-    GeolocatorConfig,
-    Perception,
-    PerceptionStage,
-    Prediction,
-    PredictionStage,
-    Reasoning,
-    ReasoningStage,
-)
+from avgeo.pipeline import GeolocatorConfig, PerceptionStage, PredictionStage, ReasoningStage
+from avgeo.stage_outputs import Perception, Prediction, Reasoning
 
 METRICS_FILE = "metrics.jsonl"
 """One JSON line per run in `out_dir`: what the run geotagged, skipped and how fast."""
