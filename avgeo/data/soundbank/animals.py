@@ -8,18 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from avgeo.data.soundbank.synthesis import (
-    SoundGenerator,
-    attack_decay,
-    filter_band,
-    note_envelope,
-    oscillator,
-    overlay,
-    poisson_onsets,
-    regular_onsets,
-    slow_noise,
-    voiced_call,
-)
+from avgeo.data.soundbank.events import attack_decay, note_envelope, overlay, poisson_onsets, regular_onsets
+from avgeo.data.soundbank.synthesis import SoundGenerator, filter_band, oscillator, slow_noise, voiced_call
 
 
 def _flight(n: int, sample_rate: int, rng: np.random.Generator, depth: float) -> np.ndarray:

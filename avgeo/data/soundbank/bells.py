@@ -8,17 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from avgeo.data.soundbank.synthesis import (
-    SoundGenerator,
-    attack_decay,
-    decaying_partials,
-    echo,
-    filter_band,
-    overlay,
-    poisson_onsets,
-    regular_onsets,
-    white_noise,
-)
+from avgeo.data.soundbank.events import attack_decay, overlay, poisson_onsets, regular_onsets
+from avgeo.data.soundbank.synthesis import SoundGenerator, decaying_partials, echo, filter_band, white_noise
 
 _CHURCH_RATIOS = np.array([0.5, 1.0, 1.19, 1.5, 2.0, 2.5, 2.67, 3.0, 4.0])
 """Partials of a tuned church bell relative to its prime: hum, prime, tierce, quint, nominal, ..."""

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from avgeo.data.soundbank.synthesis import (
-    SoundGenerator,
-    filter_band,
-    note_envelope,
-    oscillator,
-    overlay,
-    poisson_onsets,
-    slow_noise,
-    voiced_call,
-)
+from avgeo.data.soundbank.events import note_envelope, overlay, poisson_onsets
+from avgeo.data.soundbank.synthesis import SoundGenerator, filter_band, oscillator, slow_noise, voiced_call
 
 _NOTE_SHAPES = ("whistle", "up", "down", "trill", "arch")
 

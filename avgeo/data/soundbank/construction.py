@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from avgeo.data.soundbank.events import attack_decay, note_envelope, overlay
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
-    attack_decay,
     decaying_partials,
     filter_band,
-    note_envelope,
     oscillator,
-    overlay,
     unit_rms,
     white_noise,
 )

@@ -12,20 +12,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avgeo.data.soundbank.events import attack_decay, note_envelope, overlay, poisson_onsets, regular_onsets
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
-    attack_decay,
     band_gain,
     breakpoints,
     echo,
     filter_band,
     formant_filter,
     frame_rate_hz,
-    note_envelope,
     oscillator,
-    overlay,
-    poisson_onsets,
-    regular_onsets,
     slow_noise,
     stft_frames,
     stft_hz,

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from avgeo.data.soundbank.events import attack_decay, impulses, overlay_many, poisson_onsets, regular_onsets
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
-    attack_decay,
     band_gain,
     coloured_noise,
     filter_band,
     frame_rate_hz,
     frame_times_s,
-    impulses,
-    overlay_many,
-    poisson_onsets,
-    regular_onsets,
     slow_noise,
     stft_frames,
     stft_hz,

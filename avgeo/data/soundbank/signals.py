@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from avgeo.data.soundbank.events import note_envelope, overlay, pass_by, poisson_onsets
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
     echo,
     filter_band,
-    note_envelope,
     oscillator,
-    overlay,
-    pass_by,
-    poisson_onsets,
     slow_noise,
     smooth,
     unit_rms,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from avgeo.data.soundbank.events import attack_decay, note_envelope, overlay, pass_by, poisson_onsets
 from avgeo.data.soundbank.synthesis import (
     SoundGenerator,
     at_frames,
-    attack_decay,
     band_gain,
     breakpoints,
     coloured_noise,
@@ -21,11 +21,7 @@ from avgeo.data.soundbank.synthesis import (
     filter_band,
     frame_rate_hz,
     frame_times_s,
-    note_envelope,
     oscillator,
-    overlay,
-    pass_by,
-    poisson_onsets,
     slow_noise,
     stft_frames,
     stft_hz,
