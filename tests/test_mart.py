@@ -15,8 +15,9 @@ import torch
 from avgeo.config import ConfigError, load_config
 from avgeo.data.audioset import audioset_classes
 from avgeo.data.soundbank import REFERENCE_RMS, SoundBank
-from avgeo.distributed.mart import ICSAE_DIR, METRICS_FILE, MartConfig, run_mart
+from avgeo.distributed.mart import MartConfig, run_mart
 from avgeo.distributed.mart_factory import FACTORY_FILE, build_factory, mixture_schema, read_mixtures
+from avgeo.distributed.mart_training import ICSAE_DIR, METRICS_FILE
 from avgeo.perception.audio import AudioEncoder
 from avgeo.perception.icsae import ICSAE, ICSAEConfig
 from avgeo.perception.mart import (

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from avgeo.distributed.mart import ICSAE_DIR, JOB_CONFIG_FILE, METRICS_FILE
+from avgeo.distributed.mart import JOB_CONFIG_FILE
+from avgeo.distributed.mart_training import ICSAE_DIR, METRICS_FILE
 from avgeo.perception.icsae import ICSAE
 from avgeo.runlog import MetricsLog
 

@@ -16,7 +16,7 @@ from avgeo.demo.config import DemoConfig
 from avgeo.demo.paths import DemoPaths
 from avgeo.distributed.evaluate import HEATMAP_DIR, JSON_FILE
 from avgeo.distributed.geotag import HEATMAPS_FOLDER
-from avgeo.distributed.mart import METRICS_FILE as MART_METRICS_FILE
+from avgeo.distributed.mart_training import METRICS_FILE as MART_METRICS_FILE
 from avgeo.evaluation import EvaluationRow, markdown_tables
 from avgeo.geo.metrics import table_row
 from avgeo.runlog import MetricsLog
